@@ -1,1 +1,4 @@
-pub fn placeholder() {}
+//! mqim's IM domain.
+#![forbid(unsafe_code)]
+
+pub mod store;

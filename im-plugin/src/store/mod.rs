@@ -1,0 +1,111 @@
+//! Store traits: the only way the IM domain touches durable state.
+//!
+//! A backend implements [`MessageStore`]; the domain never sees tables, files or keys. Every backend
+//! must pass the shared conformance suite in [`conformance`], which states the contract in code:
+//! - `append_message` makes the message durable in the sender's and the recipient's streams, with
+//!   the next contiguous seq of each, and records the (sender, clientMsgId) dedup entry, all in one
+//!   atomic step: after a crash either all of it is there or none of it is. It returns only after
+//!   the data is durable (fsync or the backend's equivalent).
+//! - the same (sender, clientMsgId) again returns [`SendOutcome::Duplicate`] with the original
+//!   result and changes nothing.
+//! - seqs start at 1 per user and are never skipped, reused or reordered.
+
+pub mod conformance;
+pub mod embedded;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use mqim_schemas::v1::Event;
+
+/// A message accepted by the domain (validated, msgid assigned), ready to be stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Sending user.
+    pub from: String,
+    /// Receiving user. May equal `from` (a note to self): then only one event is appended.
+    pub to: String,
+    pub client_msg_id: String,
+    pub msg_id: u64,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub ts: i64,
+    pub text: Option<String>,
+    pub body: Option<Bytes>,
+    pub kind: Option<String>,
+}
+
+/// What the sender is told: the original `sent` result. Also what a resend gets back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentRecord {
+    pub msg_id: u64,
+    /// The seq of the message in the sender's stream.
+    pub seq: u64,
+    /// The conversation as the sender sees it (`u:<to>`).
+    pub conversation: String,
+    pub ts: i64,
+}
+
+/// The events a fresh message appended, to deliver live.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Appended {
+    pub sent: SentRecord,
+    /// The sender's copy (conversation `u:<to>`), with `sent.seq`.
+    pub sender_event: Event,
+    /// The recipient's copy (conversation `u:<from>`); `None` when `to == from`.
+    pub recipient_event: Option<Event>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SendOutcome {
+    Fresh(Appended),
+    /// A resend of a (sender, clientMsgId) already stored: nothing was written.
+    Duplicate(SentRecord),
+}
+
+/// A page of a user's stream.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StreamPage {
+    /// Events with seq > the requested `after_seq`, oldest first, contiguous.
+    pub events: Vec<Event>,
+    /// More events exist after the last one returned.
+    pub has_more: bool,
+}
+
+/// A store failure. Never a client's fault: it maps to `UNAVAILABLE` at the boundary.
+#[derive(Debug, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    pub fn new(e: impl std::fmt::Display) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable per-user event streams, dedup entries and device cursors.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Atomically and durably: dedup check on (from, client_msg_id); append the message to both
+    /// streams with their next seqs; record the dedup entry (kept at least until
+    /// [`MessageStore::purge_dedup`] removes it).
+    async fn append_message(&self, msg: NewMessage) -> StoreResult<SendOutcome>;
+
+    /// Events of `user` with seq > `after_seq`, oldest first, at most `limit`.
+    async fn read_stream(&self, user: &str, after_seq: u64, limit: usize)
+        -> StoreResult<StreamPage>;
+
+    /// The highest seq of `user`'s stream (0 if empty).
+    async fn last_seq(&self, user: &str) -> StoreResult<u64>;
+
+    /// Move the device's acknowledged cursor forward to `seq` (never backwards, never past the
+    /// stream's end). Returns the cursor after the call.
+    async fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> StoreResult<u64>;
+
+    /// The highest msg_id ever stored (0 if none), so msgids stay increasing across restarts even
+    /// when the clock stepped back.
+    async fn max_msg_id(&self) -> StoreResult<u64>;
+
+    /// Remove dedup entries recorded before `before_ts_ms`. Returns how many were removed.
+    async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize>;
+}
