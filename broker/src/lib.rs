@@ -1,0 +1,25 @@
+//! mqim's connection layer: a general MQTT 3.1.1 / 5.0 server with a small extension interface.
+//!
+//! Layout:
+//! - `server`: listeners, the connection limit, the session table, shutdown and drain.
+//! - `connection`: one client's MQTT state machine, from CONNECT to close.
+//! - `session`: a live session as others see it, with its bounded outbox.
+//! - `codec`: MQTT framing for both protocol versions behind one packet model.
+//! - `transport`: TCP and WebSocket (`/mqtt`) as byte streams.
+//! - `acl`: deny-by-default rules for the general topic tree (`%u`, `%c`).
+//! - `router`: the adapter to rumqttd's router, which carries the general topics.
+//! - `extension`: the interface a plugin implements to claim a topic tree (mqim's IM layer).
+//! - `config`, `im_glue`: the `mqim` binary's typed configuration and the glue that plugs
+//!   `mqim-im-plugin` into the extension interface.
+//!
+//! Nothing but `im_glue` and `config` knows about IM; the rest is a general MQTT broker.
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod codec;
+pub mod connection;
+pub mod extension;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod transport;

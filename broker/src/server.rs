@@ -1,0 +1,290 @@
+//! The server: listeners, the connection limit, the session table and shutdown.
+//!
+//! Each accepted socket takes a permit from a semaphore (the hard connection limit) and runs as
+//! its own task. Shutdown stops the listeners, tells every connection why (5.0 DISCONNECT
+//! "server shutting down", or "use another server" when draining a node), and waits for the
+//! connections to finish, within a deadline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::acl::Acl;
+use crate::codec::{DisconnectReason, QoS};
+use crate::extension::Extension;
+use crate::router::{GeneralRouter, RouterSettings};
+use crate::session::{Principal, Session};
+
+/// Protocol and resource limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest MQTT packet accepted; larger ones close the connection (5.0 reason 0x95).
+    pub max_packet_size: usize,
+    /// Most deliveries queued for one client before it is disconnected as too slow.
+    pub outbox_limit: usize,
+    /// Most unacknowledged QoS 1 deliveries to one client.
+    pub max_inflight: usize,
+    /// Most received publishes awaiting their acknowledgement on one connection; past it the
+    /// server stops reading from that client until some complete (back-pressure).
+    pub max_pending_acks: usize,
+    pub allow_anonymous: bool,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    /// How long a disconnected persistent session keeps its subscriptions.
+    pub session_expiry: Duration,
+}
+
+/// Where the server listens.
+#[derive(Clone, Debug)]
+pub struct Listeners {
+    pub mqtt: SocketAddr,
+    pub ws: Option<SocketAddr>,
+}
+
+/// State every connection shares.
+pub struct Shared {
+    pub(crate) ext: Arc<dyn Extension>,
+    pub(crate) acl: Acl,
+    pub(crate) router: GeneralRouter,
+    pub(crate) sessions: SessionTable,
+    pub(crate) limits: Limits,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    shutdown_reason: AtomicU8,
+    conn_counter: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn shutdown_reason(&self) -> DisconnectReason {
+        match self.shutdown_reason.load(Ordering::Acquire) {
+            1 => DisconnectReason::UseAnotherServer,
+            _ => DisconnectReason::ServerShuttingDown,
+        }
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    mqtt: TcpListener,
+    ws: Option<TcpListener>,
+    permits: Arc<Semaphore>,
+}
+
+/// Stops a running server.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+    tx: watch::Sender<bool>,
+}
+
+impl ShutdownHandle {
+    /// Asks every client to go, with "use another server" when `drain`, else "shutting down".
+    pub fn shutdown(&self, drain: bool) {
+        self.shared
+            .shutdown_reason
+            .store(u8::from(drain), Ordering::Release);
+        let _ = self.tx.send(true);
+    }
+}
+
+impl Server {
+    /// Binds the listeners and starts the general router.
+    pub async fn bind(
+        listeners: &Listeners,
+        limits: Limits,
+        acl: Acl,
+        ext: Arc<dyn Extension>,
+    ) -> anyhow::Result<Server> {
+        let mqtt = TcpListener::bind(listeners.mqtt).await?;
+        let ws = match listeners.ws {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let router = GeneralRouter::start(RouterSettings {
+            max_links: limits.max_connections,
+            max_packet_size: limits.max_packet_size,
+        })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let shared = Arc::new(Shared {
+            ext,
+            acl,
+            router,
+            sessions: SessionTable::default(),
+            limits,
+            shutdown: shutdown_rx,
+            shutdown_reason: AtomicU8::new(0),
+            conn_counter: AtomicU64::new(0),
+        });
+        Ok(Server {
+            shared,
+            shutdown_tx,
+            mqtt,
+            ws,
+            permits,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> (SocketAddr, Option<SocketAddr>) {
+        let mqtt = self.mqtt.local_addr().expect("bound listener has an address");
+        let ws = self.ws.as_ref().and_then(|l| l.local_addr().ok());
+        (mqtt, ws)
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: self.shared.clone(),
+            tx: self.shutdown_tx.clone(),
+        }
+    }
+
+    /// Serves until shutdown, then waits up to `grace` for connections to finish.
+    pub async fn run(self, grace: Duration) {
+        let Server {
+            shared,
+            shutdown_tx: _keep,
+            mqtt,
+            ws,
+            permits,
+        } = self;
+        let sweeper = tokio::spawn(sweep_sessions(shared.clone()));
+        let tcp = tokio::spawn(accept_loop(shared.clone(), mqtt, permits.clone(), false));
+        let web = ws.map(|l| tokio::spawn(accept_loop(shared.clone(), l, permits.clone(), true)));
+        let mut shutdown = shared.shutdown.clone();
+        let _ = shutdown.wait_for(|s| *s).await;
+        tcp.abort();
+        if let Some(w) = web {
+            w.abort();
+        }
+        sweeper.abort();
+        let total = shared.limits.max_connections as u32;
+        let all_closed = tokio::time::timeout(grace, permits.acquire_many(total)).await;
+        match all_closed {
+            Ok(_) => info!("all connections closed"),
+            Err(_) => warn!(
+                open = shared.limits.max_connections - permits.available_permits(),
+                "connections still open after the shutdown grace period"
+            ),
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, permits: Arc<Semaphore>, ws: bool) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            warn!(%peer, "connection limit reached: refusing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve_socket(shared, stream, peer, ws).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_socket(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, ws: bool) {
+    if ws {
+        match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
+            Ok(io) => crate::connection::serve(shared, io, peer).await,
+            Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+        }
+    } else {
+        crate::connection::serve(shared, stream, peer).await
+    }
+}
+
+/// Drops persistent sessions whose client did not come back in time.
+async fn sweep_sessions(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        shared.sessions.expire(shared.limits.session_expiry);
+    }
+}
+
+/// Live sessions and the saved subscriptions of disconnected persistent ones, keyed by
+/// (user, client id): two users may use the same client id without touching each other.
+#[derive(Default)]
+pub(crate) struct SessionTable {
+    inner: Mutex<HashMap<Principal, Entry>>,
+}
+
+#[derive(Default)]
+struct Entry {
+    live: Option<Arc<Session>>,
+    saved: Option<(Vec<(String, QoS)>, Instant)>,
+}
+
+impl SessionTable {
+    /// Registers `session`, closing any live session with the same identity (takeover). Returns
+    /// the subscriptions to restore when the client resumes a session.
+    pub(crate) fn open(
+        &self,
+        session: &Arc<Session>,
+        clean_start: bool,
+        persistent: bool,
+    ) -> Option<Vec<(String, QoS)>> {
+        let mut map = self.inner.lock();
+        let entry = map.entry(session.principal.clone()).or_default();
+        let mut resumed = entry.saved.take().map(|(subs, _)| subs);
+        if let Some(old) = entry.live.replace(session.clone()) {
+            info!(client_id = %session.principal.client_id, "session taken over by a new connection");
+            if resumed.is_none() {
+                resumed = Some(old.subscriptions());
+            }
+            old.close(DisconnectReason::SessionTakenOver);
+        }
+        if clean_start || !persistent {
+            None
+        } else {
+            resumed
+        }
+    }
+
+    /// Unregisters `session` if it is still the live one; keeps `saved` subscriptions if given.
+    pub(crate) fn close(&self, session: &Session, saved: Option<Vec<(String, QoS)>>) {
+        let mut map = self.inner.lock();
+        let Some(entry) = map.get_mut(&session.principal) else {
+            return;
+        };
+        if entry.live.as_ref().map(|s| s.conn_id) != Some(session.conn_id) {
+            return;
+        }
+        entry.live = None;
+        entry.saved = saved.map(|s| (s, Instant::now()));
+        if entry.saved.is_none() {
+            map.remove(&session.principal);
+        }
+    }
+
+    fn expire(&self, ttl: Duration) {
+        let mut map = self.inner.lock();
+        map.retain(|_, e| {
+            e.live.is_some() || e.saved.as_ref().is_some_and(|(_, at)| at.elapsed() < ttl)
+        });
+    }
+}

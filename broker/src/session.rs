@@ -1,0 +1,193 @@
+//! A live client session as the rest of the server sees it: who it is, what it subscribed to in
+//! the claimed tree, and its outbox.
+//!
+//! The outbox is the only way anything reaches a connection. It is bounded: a client that does not
+//! read fast enough is disconnected rather than allowed to grow the server's memory (IM clients
+//! then re-sync from their last seq, so nothing is lost). It owns no socket; the connection task
+//! drains it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::codec::{DisconnectReason, QoS, Version};
+
+/// What the server hands a connection to send.
+#[derive(Debug)]
+pub enum Delivery {
+    Publish {
+        topic: String,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    },
+    /// Send DISCONNECT (5.0) with this reason and close.
+    Close(DisconnectReason),
+}
+
+/// Who is connected: the authenticated user (None for anonymous) and the client id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Principal {
+    pub user: Option<String>,
+    pub client_id: String,
+}
+
+/// A session shared between its connection task, the server's session table and the extension.
+#[derive(Debug)]
+pub struct Session {
+    /// Internal connection number; unique for the life of the process.
+    pub conn_id: u64,
+    pub principal: Principal,
+    pub version: Version,
+    claimed: Mutex<Vec<(String, QoS)>>,
+    /// General-topic subscriptions with their granted QoS (read by the router forwarder).
+    pub(crate) general: Mutex<Vec<(String, QoS)>>,
+    queue: Mutex<VecDeque<Delivery>>,
+    notify: Notify,
+    closed: AtomicBool,
+    limit: usize,
+}
+
+impl Session {
+    pub(crate) fn new(conn_id: u64, principal: Principal, version: Version, limit: usize) -> Self {
+        Session {
+            conn_id,
+            principal,
+            version,
+            claimed: Mutex::new(Vec::new()),
+            general: Mutex::new(Vec::new()),
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            closed: AtomicBool::new(false),
+            limit,
+        }
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.principal.user.as_deref()
+    }
+
+    /// The MQTT client id (the device id in IM terms).
+    pub fn client_id(&self) -> &str {
+        &self.principal.client_id
+    }
+
+    /// True if the client subscribed to exactly this claimed topic.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.claimed.lock().iter().any(|(t, _)| t == topic)
+    }
+
+    /// Delivers a publish on a claimed topic the client subscribed to, at the subscription's QoS.
+    /// Returns false if the client is not subscribed to it or the session is closed or full.
+    pub fn deliver(&self, topic: &str, payload: Bytes) -> bool {
+        let qos = {
+            let claimed = self.claimed.lock();
+            match claimed.iter().find(|(t, _)| t == topic) {
+                Some((_, q)) => *q,
+                None => return false,
+            }
+        };
+        self.push(Delivery::Publish {
+            topic: topic.to_string(),
+            payload,
+            qos,
+            retain: false,
+        })
+    }
+
+    /// Asks the connection to close with `reason`.
+    pub fn close(&self, reason: DisconnectReason) {
+        self.push_unbounded(Delivery::Close(reason));
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn push(&self, d: Delivery) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        {
+            let mut q = self.queue.lock();
+            if q.len() >= self.limit {
+                drop(q);
+                tracing::warn!(conn = self.conn_id, client_id = %self.principal.client_id,
+                    "outbox full: disconnecting a client that does not read");
+                self.close(DisconnectReason::QuotaExceeded);
+                return false;
+            }
+            q.push_back(d);
+        }
+        self.notify.notify_one();
+        true
+    }
+
+    fn push_unbounded(&self, d: Delivery) {
+        self.queue.lock().push_back(d);
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn add_claimed(&self, topic: String, qos: QoS) {
+        let mut c = self.claimed.lock();
+        if let Some(e) = c.iter_mut().find(|(t, _)| *t == topic) {
+            e.1 = qos;
+        } else {
+            c.push((topic, qos));
+        }
+    }
+
+    pub(crate) fn add_general(&self, filter: String, qos: QoS) {
+        let mut g = self.general.lock();
+        g.retain(|(f, _)| *f != filter);
+        g.push((filter, qos));
+    }
+
+    pub(crate) fn remove_general(&self, filter: &str) -> bool {
+        let mut g = self.general.lock();
+        let before = g.len();
+        g.retain(|(f, _)| f != filter);
+        g.len() != before
+    }
+
+    pub(crate) fn remove_claimed(&self, topic: &str) -> bool {
+        let mut c = self.claimed.lock();
+        let before = c.len();
+        c.retain(|(t, _)| t != topic);
+        c.len() != before
+    }
+
+    /// Every subscription (claimed and general), to carry over to a resumed session.
+    pub(crate) fn subscriptions(&self) -> Vec<(String, QoS)> {
+        let mut all = self.claimed.lock().clone();
+        all.extend(self.general.lock().iter().cloned());
+        all
+    }
+
+    /// Takes up to `max` queued deliveries.
+    pub(crate) fn drain(&self, max: usize, into: &mut Vec<Delivery>) {
+        let mut q = self.queue.lock();
+        let n = q.len().min(max);
+        into.extend(q.drain(..n));
+        if q.is_empty() && q.capacity() > 64 {
+            // Idle connections should not keep a burst's worth of memory.
+            q.shrink_to_fit();
+        }
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.lock().is_empty()
+    }
+
+    pub(crate) async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,118 @@
+//! Byte transports under MQTT: plain TCP, and WebSocket on path `/mqtt` (binary frames carry MQTT
+//! bytes, subprotocol `mqtt`). Both become one `AsyncRead + AsyncWrite` stream so the connection
+//! logic does not care which it got.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Completes the WebSocket handshake: only path `/mqtt` is served.
+pub async fn accept_ws(stream: TcpStream, max_frame: usize) -> io::Result<WsIo> {
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != "/mqtt" {
+            let mut err = ErrorResponse::new(Some("MQTT is served on /mqtt".into()));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            return Err(err);
+        }
+        let wants_mqtt = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == "mqtt");
+        if wants_mqtt {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+        }
+        Ok(resp)
+    };
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(max_frame + 1024))
+        .max_frame_size(Some(max_frame + 1024));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+        .await
+        .map_err(io::Error::other)?;
+    Ok(WsIo {
+        ws,
+        pending: Bytes::new(),
+    })
+}
+
+/// A WebSocket seen as a byte stream.
+pub struct WsIo {
+    ws: WebSocketStream<TcpStream>,
+    pending: Bytes,
+}
+
+impl AsyncRead for WsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(Message::Binary(b)))) => self.pending = b,
+                // Pings are answered by tungstenite on the next write or flush.
+                Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {}
+                Poll::Ready(Some(Ok(Message::Text(_)))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "MQTT over WebSocket uses binary frames",
+                    )))
+                }
+                Poll::Ready(Some(Ok(Message::Close(_)))) | Poll::Ready(None) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.ws).poll_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+        Pin::new(&mut self.ws)
+            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .map_err(io::Error::other)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws)
+            .poll_flush(cx)
+            .map_err(io::Error::other)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ws)
+            .poll_close(cx)
+            .map_err(io::Error::other)
+    }
+}
