@@ -17,8 +17,10 @@
 
 pub mod acl;
 pub mod codec;
+pub mod config;
 pub mod connection;
 pub mod extension;
+pub mod im_glue;
 pub mod router;
 pub mod server;
 pub mod session;

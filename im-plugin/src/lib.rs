@@ -1,4 +1,37 @@
-//! mqim's IM domain.
+//! mqim's IM domain: the service behind the `im/` topic tree.
+//!
+//! Layout:
+//! - `plugin`: `ImPlugin`, the service: authorizes IM topics, dispatches requests, replies.
+//! - `ops/`: one file per operation (`send`, `sync`, `ack`).
+//! - `wire`: request decoding and downlink encoding (canonical proto3 JSON or protobuf).
+//! - `topics`: the `im/{user}/{device}/{up|down}/{json|pb}` tree.
+//! - `presence`: online devices and ordered live delivery.
+//! - `msgid`: node-unique, time-ordered message ids.
+//! - `auth`: JWT checking and issuing.
+//! - `store/`: the store traits, their conformance suite and the backends (embedded: redb).
+//! - `config`, `error`: settings and the stable error codes.
+//!
+//! It knows nothing of MQTT packets or sockets: the connection layer reaches it through
+//! [`presence::DeviceLink`] and [`ImPlugin::handle_uplink`].
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod msgid;
+pub mod ops;
+pub mod plugin;
+pub mod presence;
 pub mod store;
+pub mod topics;
+pub mod wire;
+
+pub use plugin::ImPlugin;
+
+/// Wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

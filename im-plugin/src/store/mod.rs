@@ -15,6 +15,7 @@ pub mod embedded;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use mqim_schemas::v1::Event;
 
 /// A message accepted by the domain (validated, msgid assigned), ready to be stored.
@@ -89,7 +90,12 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Atomically and durably: dedup check on (from, client_msg_id); append the message to both
     /// streams with their next seqs; record the dedup entry (kept at least until
     /// [`MessageStore::purge_dedup`] removes it).
-    async fn append_message(&self, msg: NewMessage) -> StoreResult<SendOutcome>;
+    ///
+    /// Ordering: the *call* enqueues the append, and appends are applied in call order (not in
+    /// the order the returned futures are polled). The caller relies on this to keep msgid order
+    /// and seq order in agreement. A backend that cannot take more work fails fast with
+    /// [`StoreError`] instead of blocking the caller.
+    fn append_message(&self, msg: NewMessage) -> BoxFuture<'static, StoreResult<SendOutcome>>;
 
     /// Events of `user` with seq > `after_seq`, oldest first, at most `limit`.
     async fn read_stream(&self, user: &str, after_seq: u64, limit: usize)

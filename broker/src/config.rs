@@ -1,0 +1,193 @@
+//! The `mqim` binary's configuration: one typed struct with a default for every field, read from
+//! an optional TOML file and then overridden by `MQIM_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use mqim_im_plugin::config::{AuthConfig, ImConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::acl::{Access, Rule};
+use crate::server::{Limits, Listeners};
+
+/// Everything `mqim` can be told. See `config/mqim.toml` for the commented defaults.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded store and the generated token secret live.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub auth: AuthConfig,
+    pub im: ImConfig,
+    /// Access rules for topics outside `im/` (deny by default).
+    pub acl: Vec<Rule>,
+}
+
+/// Listeners and protocol limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// MQTT over TCP.
+    pub listen: String,
+    /// MQTT over WebSocket on path `/mqtt`; empty disables it.
+    pub ws_listen: String,
+    pub max_packet_size: usize,
+    pub max_connections: usize,
+    pub outbox_limit: usize,
+    pub max_inflight: usize,
+    pub max_pending_acks: usize,
+    pub allow_anonymous: bool,
+    pub connect_timeout_secs: u64,
+    pub session_expiry_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./mqim-data"),
+            mqtt: MqttConfig::default(),
+            auth: AuthConfig::default(),
+            im: ImConfig::default(),
+            acl: vec![Rule {
+                user: "*".into(),
+                topic: "users/%u/#".into(),
+                access: Access::ReadWrite,
+            }],
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "0.0.0.0:1883".into(),
+            ws_listen: "0.0.0.0:8083".into(),
+            max_packet_size: 256 * 1024,
+            max_connections: 200_000,
+            outbox_limit: 1024,
+            max_inflight: 256,
+            max_pending_acks: 256,
+            allow_anonymous: false,
+            connect_timeout_secs: 10,
+            session_expiry_secs: 24 * 3600,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if any), then applies the environment.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = get("MQIM_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("MQIM_MQTT_LISTEN") {
+            self.mqtt.listen = v;
+        }
+        if let Some(v) = get("MQIM_WS_LISTEN") {
+            self.mqtt.ws_listen = v;
+        }
+        if let Some(v) = get("MQIM_AUTH_HS256_SECRET") {
+            self.auth.hs256_secret = Some(v);
+        }
+        if let Some(v) = get("MQIM_NODE_ID") {
+            self.im.node_id = v.parse().context("MQIM_NODE_ID")?;
+        }
+        if let Some(v) = get("MQIM_ALLOW_ANONYMOUS") {
+            self.mqtt.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
+            self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
+        }
+        Ok(())
+    }
+
+    pub fn listeners(&self) -> anyhow::Result<Listeners> {
+        let mqtt: SocketAddr = self
+            .mqtt
+            .listen
+            .parse()
+            .with_context(|| format!("mqtt.listen {:?} is not host:port", self.mqtt.listen))?;
+        let ws = match self.mqtt.ws_listen.as_str() {
+            "" | "off" => None,
+            s => Some(
+                s.parse()
+                    .with_context(|| format!("mqtt.ws_listen {s:?} is not host:port"))?,
+            ),
+        };
+        Ok(Listeners { mqtt, ws })
+    }
+
+    pub fn limits(&self) -> Limits {
+        let m = &self.mqtt;
+        Limits {
+            max_packet_size: m.max_packet_size,
+            outbox_limit: m.outbox_limit,
+            max_inflight: m.max_inflight.max(1),
+            max_pending_acks: m.max_pending_acks.max(1),
+            allow_anonymous: m.allow_anonymous,
+            connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+            max_connections: m.max_connections,
+            session_expiry: Duration::from_secs(m.session_expiry_secs),
+        }
+    }
+
+    /// The effective settings for the start-up log, secrets masked.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        if c.auth.hs256_secret.is_some() {
+            c.auth.hs256_secret = Some("***".into());
+        }
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_parses_to_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mqim.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let file: Config = toml::from_str(&text).unwrap();
+        assert_eq!(toml::to_string(&file).unwrap(), toml::to_string(&Config::default()).unwrap());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "MQIM_DATA_DIR" => Some("/tmp/x".into()),
+            "MQIM_MQTT_LISTEN" => Some("127.0.0.1:0".into()),
+            "MQIM_WS_LISTEN" => Some("off".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        let l = c.listeners().unwrap();
+        assert_eq!(l.mqtt.port(), 0);
+        assert!(l.ws.is_none());
+    }
+
+    #[test]
+    fn unknown_settings_are_an_error_not_silently_ignored() {
+        assert!(toml::from_str::<Config>("[mqtt]\nlisten_port = 1").is_err());
+    }
+}

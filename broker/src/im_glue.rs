@@ -1,0 +1,103 @@
+//! Plugs `mqim-im-plugin` into the broker's extension interface. The only module of the
+//! connection layer that knows the IM service exists; it translates, it decides nothing.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use mqim_im_plugin::presence::DeviceLink;
+use mqim_im_plugin::{topics, ImPlugin};
+use tracing::info;
+
+use crate::extension::{AuthDecision, ConnectInfo, Extension, PublishOutcome};
+use crate::session::Session;
+
+/// The IM service as a broker extension.
+pub struct ImExtension {
+    plugin: Arc<ImPlugin>,
+}
+
+impl ImExtension {
+    pub fn new(plugin: Arc<ImPlugin>) -> Self {
+        ImExtension { plugin }
+    }
+}
+
+/// A session seen by the IM layer as a device.
+struct Device(Arc<Session>);
+
+impl DeviceLink for Device {
+    fn conn_id(&self) -> u64 {
+        self.0.conn_id
+    }
+    fn user(&self) -> &str {
+        self.0.user().unwrap_or_default()
+    }
+    fn device(&self) -> &str {
+        self.0.client_id()
+    }
+    fn is_subscribed(&self, topic: &str) -> bool {
+        self.0.is_subscribed(topic)
+    }
+    fn deliver(&self, topic: &str, payload: Bytes) -> bool {
+        self.0.deliver(topic, payload)
+    }
+}
+
+#[async_trait]
+impl Extension for ImExtension {
+    fn claimed_prefix(&self) -> &str {
+        topics::PREFIX
+    }
+
+    async fn authenticate(&self, info: &ConnectInfo<'_>) -> AuthDecision {
+        let Some(user) = info.username else {
+            return AuthDecision::Anonymous;
+        };
+        match self.plugin.authenticate(user, info.password) {
+            Ok(()) => AuthDecision::User(user.to_string()),
+            Err(e) => AuthDecision::Denied(e.to_string()),
+        }
+    }
+
+    fn authorize_subscribe(&self, session: &Session, filter: &str) -> bool {
+        session
+            .user()
+            .is_some_and(|u| self.plugin.may_subscribe(u, session.client_id(), filter))
+    }
+
+    fn on_publish(
+        &self,
+        session: &Arc<Session>,
+        topic: &str,
+        payload: Bytes,
+    ) -> BoxFuture<'static, PublishOutcome> {
+        let Some(user) = session.user() else {
+            return futures::future::ready(PublishOutcome::NotAuthorized).boxed();
+        };
+        let Some(format) = self.plugin.uplink_format(user, session.client_id(), topic) else {
+            info!(conn = session.conn_id, %topic, "IM publish to a topic the device does not own");
+            return futures::future::ready(PublishOutcome::NotAuthorized).boxed();
+        };
+        let link: Arc<dyn DeviceLink> = Arc::new(Device(session.clone()));
+        self.plugin
+            .handle_uplink(link, format, payload)
+            .map(|()| PublishOutcome::Accepted)
+            .boxed()
+    }
+
+    fn on_session_open(&self, session: &Arc<Session>) {
+        if session.user().is_some() {
+            self.plugin
+                .device_online(Arc::new(Device(session.clone())));
+        }
+    }
+
+    fn on_session_close(&self, session: &Arc<Session>) {
+        if let Some(user) = session.user() {
+            self.plugin.device_offline(user, session.conn_id);
+        }
+    }
+}

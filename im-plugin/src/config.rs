@@ -1,0 +1,46 @@
+//! The IM layer's settings (the `[im]` and `[auth]` sections of `mqim.toml`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// IM behaviour. Every field has a default that works without a config file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImConfig {
+    /// This node's id (0..=1023), part of every msgid: nodes of one cluster need distinct ids.
+    pub node_id: u16,
+    /// Largest message content (`text` plus `body`) in bytes; larger sends get `TOO_LARGE`.
+    pub max_body_bytes: usize,
+    /// How long a (sender, clientMsgId) pair is remembered for resend dedup, in seconds.
+    pub dedup_ttl_secs: u64,
+    /// `sync` page size when the request gives none.
+    pub sync_default_limit: u32,
+    /// Largest `sync` page.
+    pub sync_max_limit: u32,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        ImConfig {
+            node_id: 0,
+            max_body_bytes: 64 * 1024,
+            dedup_ttl_secs: 24 * 3600,
+            sync_default_limit: 100,
+            sync_max_limit: 1000,
+        }
+    }
+}
+
+/// Token checking. With no key configured, an HS256 secret is generated on first start and kept
+/// in the data dir (`jwt-secret`, mode 0600).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared HS256 secret. Overrides the generated one.
+    pub hs256_secret: Option<String>,
+    /// PEM public key of an external token issuer (RS256 or ES256, by `public_key_algorithm`).
+    pub public_key_file: Option<PathBuf>,
+    /// `"RS256"` or `"ES256"`.
+    pub public_key_algorithm: Option<String>,
+}

@@ -1,0 +1,91 @@
+//! `send`: accept a one-to-one message, make it durable in both streams, deliver it live.
+//!
+//! The msgid is assigned and the store append is enqueued under one lock, so msgid order and
+//! commit order agree. The commit and the live delivery run on their own task: a sender that
+//! disconnects mid-send cannot leave a committed message undelivered to online devices.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use mqim_schemas::v1::{reply, ErrorCode, SendRequest, SentReply};
+
+use super::OpFuture;
+use crate::error::ImError;
+use crate::presence::DeviceLink;
+use crate::store::{NewMessage, SendOutcome, SentRecord};
+use crate::topics::valid_user_id;
+use crate::ImPlugin;
+
+/// Validates and starts a send from `link`'s user.
+pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendRequest) -> OpFuture {
+    let msg = match validate(plugin, link.user(), req) {
+        Ok(m) => m,
+        Err(e) => return futures::future::ready(Err(e)).boxed(),
+    };
+    let (from, to) = (msg.from.clone(), msg.to.clone());
+    let commit = {
+        let _order = plugin.order.lock();
+        let (msg_id, ts) = plugin.ids.next();
+        plugin.store.append_message(NewMessage { msg_id, ts, ..msg })
+    };
+    let plugin = plugin.clone();
+    let exclude = link.conn_id();
+    let task = tokio::spawn(async move {
+        match commit.await? {
+            SendOutcome::Fresh(a) => {
+                if let Some(ev) = a.recipient_event {
+                    plugin.presence.deliver(&to, ev, None);
+                }
+                plugin.presence.deliver(&from, a.sender_event, Some(exclude));
+                Ok(sent(a.sent))
+            }
+            SendOutcome::Duplicate(original) => Ok(sent(original)),
+        }
+    });
+    async move {
+        task.await
+            .unwrap_or_else(|e| Err(ImError::new(ErrorCode::Internal, e.to_string())))
+    }
+    .boxed()
+}
+
+fn sent(r: SentRecord) -> reply::Result {
+    reply::Result::Sent(SentReply {
+        msg_id: r.msg_id,
+        seq: r.seq,
+        conversation: r.conversation,
+        ts: r.ts,
+    })
+}
+
+fn validate(plugin: &ImPlugin, from: &str, req: SendRequest) -> Result<NewMessage, ImError> {
+    let to = req
+        .to
+        .strip_prefix("u:")
+        .filter(|u| valid_user_id(u))
+        .ok_or_else(|| ImError::invalid("`to` must be `u:<user id>`"))?;
+    let n = req.client_msg_id.chars().count();
+    if !(1..=64).contains(&n) {
+        return Err(ImError::invalid("`clientMsgId` is required, 1 to 64 characters"));
+    }
+    if req.text.is_none() && req.body.is_none() {
+        return Err(ImError::invalid("a message needs `text` or `body`"));
+    }
+    let size = req.text.as_ref().map_or(0, String::len) + req.body.as_ref().map_or(0, |b| b.len());
+    if size > plugin.cfg.max_body_bytes {
+        return Err(ImError::new(
+            ErrorCode::TooLarge,
+            format!("message content is {size} bytes; the limit is {}", plugin.cfg.max_body_bytes),
+        ));
+    }
+    Ok(NewMessage {
+        from: from.to_string(),
+        to: to.to_string(),
+        client_msg_id: req.client_msg_id,
+        msg_id: 0,
+        ts: 0,
+        text: req.text,
+        body: req.body,
+        kind: req.r#type,
+    })
+}

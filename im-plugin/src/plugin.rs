@@ -1,0 +1,136 @@
+//! `ImPlugin`: the IM service behind the `im/` topic tree. It authorizes IM topics, decodes
+//! requests, dispatches them to `ops/`, and answers on the requesting device's downlink.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use mqim_schemas::v1::request::Op;
+use parking_lot::Mutex;
+use tracing::{info, warn};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::ImConfig;
+use crate::msgid::MsgIdGen;
+use crate::presence::{DeviceLink, Presence};
+use crate::store::MessageStore;
+use crate::topics::{self, Direction, Format};
+use crate::{ops, wire};
+
+/// The IM service of one node.
+pub struct ImPlugin {
+    pub(crate) cfg: ImConfig,
+    auth: Authenticator,
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) ids: MsgIdGen,
+    /// Held while a msgid is assigned and its append enqueued, so both orders agree.
+    pub(crate) order: Mutex<()>,
+    pub(crate) presence: Presence,
+}
+
+impl ImPlugin {
+    /// Opens the service on `store`; msgids continue above the highest one stored.
+    pub async fn open(
+        cfg: ImConfig,
+        auth: Authenticator,
+        store: Arc<dyn MessageStore>,
+    ) -> anyhow::Result<Arc<ImPlugin>> {
+        let floor = store.max_msg_id().await?;
+        let ids = MsgIdGen::new(cfg.node_id, floor)?;
+        Ok(Arc::new(ImPlugin {
+            cfg,
+            auth,
+            store,
+            ids,
+            order: Mutex::new(()),
+            presence: Presence::default(),
+        }))
+    }
+
+    /// Checks a connecting user's token.
+    pub fn authenticate(&self, user: &str, token: Option<&str>) -> Result<(), AuthError> {
+        self.auth.verify(user, token)
+    }
+
+    /// May `user`'s device `device` subscribe to `filter`? Only its own downlinks, exactly.
+    pub fn may_subscribe(&self, user: &str, device: &str, filter: &str) -> bool {
+        matches!(topics::parse(filter), Some(t)
+            if t.user == user && t.device == device && t.direction == Direction::Down)
+    }
+
+    /// The format of an uplink `topic` this device may publish to, or None if it may not.
+    pub fn uplink_format(&self, user: &str, device: &str, topic: &str) -> Option<Format> {
+        match topics::parse(topic) {
+            Some(t) if t.user == user && t.device == device && t.direction == Direction::Up => {
+                Some(t.format)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn device_online(&self, link: Arc<dyn DeviceLink>) {
+        self.presence.add(link);
+    }
+
+    pub fn device_offline(&self, user: &str, conn_id: u64) {
+        self.presence.remove(user, conn_id);
+    }
+
+    /// Handles one request from `link` on its uplink in `format`. The call decodes the request
+    /// and starts it (a send is enqueued to the store in call order); the future completes when
+    /// the reply has been queued on the device's downlink. Bad input gets an error reply.
+    pub fn handle_uplink(
+        self: &Arc<Self>,
+        link: Arc<dyn DeviceLink>,
+        format: Format,
+        payload: Bytes,
+    ) -> BoxFuture<'static, ()> {
+        let (id, op) = match wire::decode_request(format, &payload) {
+            Ok(req) => (req.id, req.op),
+            Err((id, e)) => {
+                info!(user = link.user(), device = link.device(), error = %e, "bad request");
+                reply(&link, format, wire::error_reply(id, &e));
+                return futures::future::ready(()).boxed();
+            }
+        };
+        let fut = match op {
+            Some(Op::Send(r)) => ops::send::start(self, &link, r),
+            Some(Op::Sync(r)) => ops::sync::start(self, &link, r),
+            Some(Op::Ack(r)) => ops::ack::start(self, &link, r),
+            // decode_request rejects requests without an operation.
+            None => return futures::future::ready(()).boxed(),
+        };
+        async move {
+            let d = match fut.await {
+                Ok(result) => wire::reply(id, result),
+                Err(e) => wire::error_reply(id, &e),
+            };
+            reply(&link, format, d);
+        }
+        .boxed()
+    }
+
+    /// Removes expired resend-dedup entries every hour.
+    pub fn spawn_dedup_purge(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                let cutoff = crate::now_ms() - (this.cfg.dedup_ttl_secs as i64) * 1000;
+                match this.store.purge_dedup(cutoff).await {
+                    Ok(n) if n > 0 => info!(removed = n, "expired resend-dedup entries"),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "dedup purge failed"),
+                }
+            }
+        })
+    }
+}
+
+fn reply(link: &Arc<dyn DeviceLink>, format: Format, d: mqim_schemas::v1::Downlink) {
+    let topic = topics::downlink(link.user(), link.device(), format);
+    link.deliver(&topic, wire::encode(format, &d));
+}
