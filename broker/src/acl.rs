@@ -53,7 +53,11 @@ impl Acl {
             .any(|p| rumqttc::mqttbytes::matches(topic, &p))
     }
 
-    fn patterns<'a>(&'a self, who: &'a Principal, want: Access) -> impl Iterator<Item = String> + 'a {
+    fn patterns<'a>(
+        &'a self,
+        who: &'a Principal,
+        want: Access,
+    ) -> impl Iterator<Item = String> + 'a {
         self.rules.iter().filter_map(move |r| {
             let grants = r.access == Access::ReadWrite || r.access == want;
             let applies = match (&who.user, r.user.as_str()) {

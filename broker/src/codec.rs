@@ -58,11 +58,19 @@ pub enum Incoming {
     PubRec(u16),
     PubRel(u16),
     PubComp(u16),
-    Subscribe { pkid: u16, filters: Vec<(String, QoS)> },
-    Unsubscribe { pkid: u16, filters: Vec<String> },
+    Subscribe {
+        pkid: u16,
+        filters: Vec<(String, QoS)>,
+    },
+    Unsubscribe {
+        pkid: u16,
+        filters: Vec<String>,
+    },
     PingReq,
     /// `true` when the client asked for its will to be published (5.0 reason 0x04).
-    Disconnect { with_will: bool },
+    Disconnect {
+        with_will: bool,
+    },
     /// A packet a server never expects from a client (CONNACK, SUBACK, AUTH, ...).
     Unexpected(&'static str),
 }
@@ -119,12 +127,24 @@ pub enum Outgoing {
     },
     Publish(Publish),
     /// `authorized == false` answers a denied publish (5.0: 0x87; 3.1.1 can only ack).
-    PubAck { pkid: u16, authorized: bool },
-    PubRec { pkid: u16, authorized: bool },
+    PubAck {
+        pkid: u16,
+        authorized: bool,
+    },
+    PubRec {
+        pkid: u16,
+        authorized: bool,
+    },
     PubRel(u16),
     PubComp(u16),
-    SubAck { pkid: u16, codes: Vec<SubCode> },
-    UnsubAck { pkid: u16, count: usize },
+    SubAck {
+        pkid: u16,
+        codes: Vec<SubCode>,
+    },
+    UnsubAck {
+        pkid: u16,
+        count: usize,
+    },
     PingResp,
     Disconnect(DisconnectReason),
 }
@@ -197,10 +217,7 @@ impl Version {
                 Some(p) => p.write(buf, usize::MAX).map(drop).map_err(malformed4),
                 None => Ok(()),
             },
-            Version::V5 => to_v5(packet)
-                .write(buf, None)
-                .map(drop)
-                .map_err(malformed5),
+            Version::V5 => to_v5(packet).write(buf, None).map(drop).map_err(malformed5),
         };
         r
     }

@@ -167,7 +167,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mqim.toml");
         let text = std::fs::read_to_string(path).unwrap();
         let file: Config = toml::from_str(&text).unwrap();
-        assert_eq!(toml::to_string(&file).unwrap(), toml::to_string(&Config::default()).unwrap());
+        assert_eq!(
+            toml::to_string(&file).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
     }
 
     #[test]

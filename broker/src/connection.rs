@@ -58,17 +58,18 @@ where
         version: Version::V311,
         peer,
     };
-    let connect = match tokio::time::timeout(conn.shared.limits.connect_timeout, conn.read_connect()).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "connection closed before a valid CONNECT");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "no CONNECT in time");
-            return;
-        }
-    };
+    let connect =
+        match tokio::time::timeout(conn.shared.limits.connect_timeout, conn.read_connect()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "connection closed before a valid CONNECT");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "no CONNECT in time");
+                return;
+            }
+        };
     conn.run(connect).await;
 }
 
@@ -93,7 +94,9 @@ where
                 self.version = v;
                 match v.read(&mut self.rbuf, self.shared.limits.max_packet_size) {
                     Ok(Incoming::Connect(c)) => return Ok(*c),
-                    Ok(_) => return Err(CodecError::Malformed("first packet is not CONNECT".into())),
+                    Ok(_) => {
+                        return Err(CodecError::Malformed("first packet is not CONNECT".into()))
+                    }
                     Err(CodecError::Incomplete(n)) => self.rbuf.reserve(n),
                     Err(e) => {
                         if matches!(e, CodecError::UnsupportedVersion(_)) {
@@ -157,11 +160,15 @@ where
             AuthDecision::Anonymous if shared.limits.allow_anonymous => None,
             AuthDecision::Anonymous => {
                 info!(peer = %self.peer, %client_id, "refused: no credentials and anonymous access is off");
-                return self.send_now(Self::refuse(ConnAckCode::NotAuthorized)).await;
+                return self
+                    .send_now(Self::refuse(ConnAckCode::NotAuthorized))
+                    .await;
             }
             AuthDecision::Denied(why) => {
                 info!(peer = %self.peer, %client_id, reason = %why, "refused: not authorized");
-                return self.send_now(Self::refuse(ConnAckCode::NotAuthorized)).await;
+                return self
+                    .send_now(Self::refuse(ConnAckCode::NotAuthorized))
+                    .await;
             }
         };
         let principal = Principal { user, client_id };
@@ -240,7 +247,10 @@ where
         loop {
             // Decode and handle every whole packet already buffered.
             loop {
-                match self.version.read(&mut self.rbuf, shared.limits.max_packet_size) {
+                match self
+                    .version
+                    .read(&mut self.rbuf, shared.limits.max_packet_size)
+                {
                     Ok(packet) => {
                         if let Some(g) = grace {
                             deadline = Some(Instant::now() + g);
@@ -255,7 +265,11 @@ where
                         break;
                     }
                     Err(CodecError::TooLarge(n)) => {
-                        info!(conn = st.session.conn_id, size = n, "packet over the maximum size: closing");
+                        info!(
+                            conn = st.session.conn_id,
+                            size = n,
+                            "packet over the maximum size: closing"
+                        );
                         return self.close_with(DisconnectReason::PacketTooLarge).await;
                     }
                     Err(e) => {
@@ -423,7 +437,11 @@ where
                 return Some(self.close_with(DisconnectReason::ProtocolError).await);
             }
             Incoming::Unexpected(what) => {
-                info!(conn = st.session.conn_id, packet = what, "unexpected packet: protocol error");
+                info!(
+                    conn = st.session.conn_id,
+                    packet = what,
+                    "unexpected packet: protocol error"
+                );
                 return Some(self.close_with(DisconnectReason::ProtocolError).await);
             }
         }

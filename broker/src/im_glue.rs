@@ -90,8 +90,7 @@ impl Extension for ImExtension {
 
     fn on_session_open(&self, session: &Arc<Session>) {
         if session.user().is_some() {
-            self.plugin
-                .device_online(Arc::new(Device(session.clone())));
+            self.plugin.device_online(Arc::new(Device(session.clone())));
         }
     }
 

@@ -18,7 +18,11 @@ use mqim_im_plugin::ImPlugin;
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "mqim", version, about = "MQTT broker with instant-messaging semantics")]
+#[command(
+    name = "mqim",
+    version,
+    about = "MQTT broker with instant-messaging semantics"
+)]
 struct Cli {
     /// Config file (TOML). Also MQIM_CONFIG. Without one, built-in defaults apply.
     #[arg(long, global = true, env = "MQIM_CONFIG")]

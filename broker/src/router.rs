@@ -91,7 +91,8 @@ impl GeneralRouter {
             ..RouterConfig::default()
         };
         let router_tx = Router::new(0, config).spawn();
-        let build: BuildLink = Box::new(move |id: &str| LinkBuilder::new(id, router_tx.clone()).build());
+        let build: BuildLink =
+            Box::new(move |id: &str| LinkBuilder::new(id, router_tx.clone()).build());
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("mqim-router-links".into())
@@ -216,7 +217,9 @@ fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
             } => {
                 if let Some(p) = publisher.as_mut() {
                     let publish = RPublish::new(Bytes::from(topic), frame(payload, qos), retain);
-                    block(&mut || futures::executor::block_on(p.send(Packet::Publish(publish.clone(), None))));
+                    block(&mut || {
+                        futures::executor::block_on(p.send(Packet::Publish(publish.clone(), None)))
+                    });
                 }
             }
             Cmd::Open { conn, reply } => {
@@ -245,7 +248,9 @@ fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
                             retain_forward_rule: RetainForwardRule::OnEverySubscribe,
                         }],
                     };
-                    block(&mut || futures::executor::block_on(tx.send(Packet::Subscribe(sub.clone(), None))));
+                    block(&mut || {
+                        futures::executor::block_on(tx.send(Packet::Subscribe(sub.clone(), None)))
+                    });
                 }
             }
             Cmd::Unsubscribe { conn, filter } => {

@@ -139,7 +139,10 @@ impl Server {
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> (SocketAddr, Option<SocketAddr>) {
-        let mqtt = self.mqtt.local_addr().expect("bound listener has an address");
+        let mqtt = self
+            .mqtt
+            .local_addr()
+            .expect("bound listener has an address");
         let ws = self.ws.as_ref().and_then(|l| l.local_addr().ok());
         (mqtt, ws)
     }
@@ -182,7 +185,12 @@ impl Server {
     }
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, permits: Arc<Semaphore>, ws: bool) {
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    ws: bool,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,

@@ -58,7 +58,10 @@ mod tests {
         };
         let json = serde_json::to_value(&ev).unwrap();
         assert_eq!(json["event"]["seq"], "7");
-        assert_eq!(json["event"]["message"]["msgId"], (u64::MAX - 1).to_string());
+        assert_eq!(
+            json["event"]["message"]["msgId"],
+            (u64::MAX - 1).to_string()
+        );
         assert_eq!(json["event"]["message"]["body"], "AAE=");
         let back: Downlink = serde_json::from_value(json).unwrap();
         assert_eq!(back, ev);

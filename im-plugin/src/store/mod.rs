@@ -55,6 +55,8 @@ pub struct Appended {
     pub recipient_event: Option<Event>,
 }
 
+// Moved once per send; boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum SendOutcome {
     Fresh(Appended),
@@ -98,8 +100,12 @@ pub trait MessageStore: Send + Sync + 'static {
     fn append_message(&self, msg: NewMessage) -> BoxFuture<'static, StoreResult<SendOutcome>>;
 
     /// Events of `user` with seq > `after_seq`, oldest first, at most `limit`.
-    async fn read_stream(&self, user: &str, after_seq: u64, limit: usize)
-        -> StoreResult<StreamPage>;
+    async fn read_stream(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<StreamPage>;
 
     /// The highest seq of `user`'s stream (0 if empty).
     async fn last_seq(&self, user: &str) -> StoreResult<u64>;
