@@ -42,6 +42,19 @@ pub struct MqttConfig {
     pub connect_timeout_secs: u64,
     pub session_expiry_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// MQTT over TLS; off unless configured.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The TLS listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: String,
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -74,6 +87,7 @@ impl Default for MqttConfig {
             connect_timeout_secs: 10,
             session_expiry_secs: 24 * 3600,
             shutdown_grace_secs: 10,
+            tls: None,
         }
     }
 }
@@ -112,6 +126,17 @@ impl Config {
         if let Some(v) = get("MQIM_ALLOW_ANONYMOUS") {
             self.mqtt.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes");
         }
+        if let (Some(listen), Some(cert), Some(key)) = (
+            get("MQIM_TLS_LISTEN"),
+            get("MQIM_TLS_CERT_FILE"),
+            get("MQIM_TLS_KEY_FILE"),
+        ) {
+            self.mqtt.tls = Some(TlsConfig {
+                listen,
+                cert_file: cert.into(),
+                key_file: key.into(),
+            });
+        }
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
@@ -131,7 +156,17 @@ impl Config {
                     .with_context(|| format!("mqtt.ws_listen {s:?} is not host:port"))?,
             ),
         };
-        Ok(Listeners { mqtt, ws })
+        let tls = match &self.mqtt.tls {
+            Some(t) => {
+                let addr = t
+                    .listen
+                    .parse()
+                    .with_context(|| format!("mqtt.tls.listen {:?} is not host:port", t.listen))?;
+                Some((addr, crate::tls::acceptor(&t.cert_file, &t.key_file)?))
+            }
+            None => None,
+        };
+        Ok(Listeners { mqtt, ws, tls })
     }
 
     pub fn limits(&self) -> Limits {

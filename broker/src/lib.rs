@@ -5,7 +5,7 @@
 //! - `connection`: one client's MQTT state machine, from CONNECT to close.
 //! - `session`: a live session as others see it, with its bounded outbox.
 //! - `codec`: MQTT framing for both protocol versions behind one packet model.
-//! - `transport`: TCP and WebSocket (`/mqtt`) as byte streams.
+//! - `transport`: TCP and WebSocket (`/mqtt`) as byte streams; `tls`: the optional TLS listener.
 //! - `acl`: deny-by-default rules for the general topic tree (`%u`, `%c`).
 //! - `router`: the adapter to rumqttd's router, which carries the general topics.
 //! - `extension`: the interface a plugin implements to claim a topic tree (mqim's IM layer).
@@ -24,4 +24,5 @@ pub mod im_glue;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transport;

@@ -83,11 +83,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::new(ImExtension::new(plugin)),
     )
     .await?;
-    let (mqtt, ws) = server.local_addrs();
+    let (mqtt, ws, tls) = server.local_addrs();
+    let show =
+        |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
     // One machine-readable line, so scripts and tests started on port 0 find the ports.
     println!(
-        "mqim listening mqtt={mqtt} ws={}",
-        ws.map_or_else(|| "off".to_string(), |a| a.to_string())
+        "mqim listening mqtt={mqtt} ws={} tls={}",
+        show(ws),
+        show(tls)
     );
     info!(%mqtt, ws = ?ws, data_dir = %cfg.data_dir.display(), "mqim is serving");
     let handle = server.shutdown_handle();

@@ -42,10 +42,12 @@ pub struct Limits {
 }
 
 /// Where the server listens.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Listeners {
     pub mqtt: SocketAddr,
     pub ws: Option<SocketAddr>,
+    /// MQTT over TLS, with its acceptor.
+    pub tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
 }
 
 /// State every connection shares.
@@ -79,6 +81,7 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     mqtt: TcpListener,
     ws: Option<TcpListener>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     permits: Arc<Semaphore>,
 }
 
@@ -112,6 +115,10 @@ impl Server {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let tls = match &listeners.tls {
+            Some((addr, acceptor)) => Some((TcpListener::bind(addr).await?, acceptor.clone())),
+            None => None,
+        };
         let router = GeneralRouter::start(RouterSettings {
             max_links: limits.max_connections,
             max_packet_size: limits.max_packet_size,
@@ -133,18 +140,20 @@ impl Server {
             shutdown_tx,
             mqtt,
             ws,
+            tls,
             permits,
         })
     }
 
-    /// The addresses actually bound (useful with port 0).
-    pub fn local_addrs(&self) -> (SocketAddr, Option<SocketAddr>) {
+    /// The addresses actually bound (useful with port 0): MQTT, WebSocket, TLS.
+    pub fn local_addrs(&self) -> (SocketAddr, Option<SocketAddr>, Option<SocketAddr>) {
         let mqtt = self
             .mqtt
             .local_addr()
             .expect("bound listener has an address");
         let ws = self.ws.as_ref().and_then(|l| l.local_addr().ok());
-        (mqtt, ws)
+        let tls = self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        (mqtt, ws, tls)
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -161,16 +170,36 @@ impl Server {
             shutdown_tx: _keep,
             mqtt,
             ws,
+            tls,
             permits,
         } = self;
         let sweeper = tokio::spawn(sweep_sessions(shared.clone()));
-        let tcp = tokio::spawn(accept_loop(shared.clone(), mqtt, permits.clone(), false));
-        let web = ws.map(|l| tokio::spawn(accept_loop(shared.clone(), l, permits.clone(), true)));
+        let mut loops = vec![tokio::spawn(accept_loop(
+            shared.clone(),
+            mqtt,
+            permits.clone(),
+            Transport::Tcp,
+        ))];
+        if let Some(l) = ws {
+            loops.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                l,
+                permits.clone(),
+                Transport::Ws,
+            )));
+        }
+        if let Some((l, acceptor)) = tls {
+            loops.push(tokio::spawn(accept_loop(
+                shared.clone(),
+                l,
+                permits.clone(),
+                Transport::Tls(acceptor),
+            )));
+        }
         let mut shutdown = shared.shutdown.clone();
         let _ = shutdown.wait_for(|s| *s).await;
-        tcp.abort();
-        if let Some(w) = web {
-            w.abort();
+        for l in loops {
+            l.abort();
         }
         sweeper.abort();
         let total = shared.limits.max_connections as u32;
@@ -185,11 +214,19 @@ impl Server {
     }
 }
 
+/// What runs on top of an accepted socket.
+#[derive(Clone)]
+enum Transport {
+    Tcp,
+    Ws,
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
     permits: Arc<Semaphore>,
-    ws: bool,
+    transport: Transport,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -207,21 +244,31 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let transport = transport.clone();
         tokio::spawn(async move {
-            serve_socket(shared, stream, peer, ws).await;
+            serve_socket(shared, stream, peer, transport).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_socket(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, ws: bool) {
-    if ws {
-        match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
-            Ok(io) => crate::connection::serve(shared, io, peer).await,
-            Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+async fn serve_socket(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, t: Transport) {
+    match t {
+        Transport::Tcp => crate::connection::serve(shared, stream, peer).await,
+        Transport::Ws => {
+            match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
+                Ok(io) => crate::connection::serve(shared, io, peer).await,
+                Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+            }
         }
-    } else {
-        crate::connection::serve(shared, stream, peer).await
+        Transport::Tls(acceptor) => {
+            let handshake = acceptor.accept(stream);
+            match tokio::time::timeout(shared.limits.connect_timeout, handshake).await {
+                Ok(Ok(io)) => crate::connection::serve(shared, io, peer).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        }
     }
 }
 

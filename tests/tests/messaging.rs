@@ -105,7 +105,10 @@ async fn offline_receiver_gets_everything_with_sync_and_gaps_are_exact() {
     let mut dave = Device::connect(&b, "dave", "dp").await;
     let (page1, more) = dave.sync(0, 10).await;
     assert!(more);
-    assert_eq!(page1.iter().map(seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        page1.iter().map(seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
     // A device that holds 1..=10 and saw 14 asks for what is after its last contiguous seq.
     let (gap, _) = dave.sync(10, 3).await;
     assert_eq!(gap.iter().map(seq).collect::<Vec<_>>(), vec![11, 12, 13]);
@@ -132,16 +135,26 @@ async fn malformed_and_unknown_requests_get_errors_and_the_connection_survives()
 
     let r = alice.call(json!({"frobnicate": {}})).await;
     assert_eq!(error_code(&r), "UNKNOWN_OP");
-    let r = alice.call(json!({"send": {"to": "u:bob", "text": "no client id"}})).await;
+    let r = alice
+        .call(json!({"send": {"to": "u:bob", "text": "no client id"}}))
+        .await;
     assert_eq!(error_code(&r), "INVALID_ARGUMENT");
-    let r = alice.call(json!({"send": {"to": 42, "clientMsgId": "x"}})).await;
+    let r = alice
+        .call(json!({"send": {"to": 42, "clientMsgId": "x"}}))
+        .await;
     assert_eq!(error_code(&r), "INVALID_ARGUMENT");
-    let r = alice.call(json!({"send": {"to": "bob", "clientMsgId": "x", "text": "t"}})).await;
+    let r = alice
+        .call(json!({"send": {"to": "bob", "clientMsgId": "x", "text": "t"}}))
+        .await;
     assert_eq!(error_code(&r), "INVALID_ARGUMENT");
     let big = "x".repeat(65 * 1024);
-    let r = alice.call(json!({"send": {"to": "u:bob", "clientMsgId": "big", "text": big}})).await;
+    let r = alice
+        .call(json!({"send": {"to": "u:bob", "clientMsgId": "big", "text": big}}))
+        .await;
     assert_eq!(error_code(&r), "TOO_LARGE");
-    let r = alice.call(json!({"sync": {"afterSeq": "0", "limit": 5000}})).await;
+    let r = alice
+        .call(json!({"sync": {"afterSeq": "0", "limit": 5000}}))
+        .await;
     assert_eq!(error_code(&r), "INVALID_ARGUMENT");
 
     // Nothing was stored, nothing reached bob, and both connections still work.
@@ -152,8 +165,8 @@ async fn malformed_and_unknown_requests_get_errors_and_the_connection_survives()
 
 #[tokio::test]
 async fn protobuf_downlink_and_uplink_carry_the_same_messages() {
-    use prost::Message as _;
     use mqim_schemas::v1::{downlink, event, request, Downlink, Request, SendRequest};
+    use prost::Message as _;
     let b = Broker::start();
     let mut bob = Device::connect(&b, "bob", "bp").await;
     bob.subscribe("im/bob/bp/down/pb").await;
@@ -169,7 +182,9 @@ async fn protobuf_downlink_and_uplink_carry_the_same_messages() {
             r#type: None,
         })),
     };
-    alice.publish_raw("im/alice/ap/up/pb", req.encode_to_vec()).await;
+    alice
+        .publish_raw("im/alice/ap/up/pb", req.encode_to_vec())
+        .await;
     // Bob is subscribed to both formats: one JSON event and one protobuf event.
     let mut got_pb = None;
     let mut got_json = None;
@@ -181,11 +196,30 @@ async fn protobuf_downlink_and_uplink_carry_the_same_messages() {
             got_json = Some(serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap());
         }
     }
-    let Some(downlink::Kind::Event(ev)) = got_pb.unwrap().kind else { panic!("not an event") };
-    let Some(event::Body::Message(m)) = ev.body else { panic!("not a message") };
+    let Some(downlink::Kind::Event(ev)) = got_pb.unwrap().kind else {
+        panic!("not an event")
+    };
+    let Some(event::Body::Message(m)) = ev.body else {
+        panic!("not a message")
+    };
     assert_eq!(m.text.as_deref(), Some("over protobuf"));
     assert_eq!(m.body.as_deref(), Some(&[0u8, 159, 146, 150][..]));
     let j = got_json.unwrap();
     assert_eq!(j["event"]["message"]["msgId"], m.msg_id.to_string());
     assert_eq!(j["event"]["message"]["body"], "AJ+Slg==");
+}
+
+#[tokio::test]
+async fn a_packet_over_the_maximum_size_closes_only_that_connection() {
+    let b = Broker::start_with(&[("MQIM_MAX_PACKET_SIZE", "131072")]);
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    let mut mallory = Device::connect(&b, "mallory", "mp").await;
+    mallory
+        .publish_raw("im/mallory/mp/up/json", vec![b'x'; 200 * 1024])
+        .await;
+    assert!(mallory.closed_by_server(Duration::from_secs(5)).await);
+    // Everyone else carries on.
+    alice.send("bob", "after", "still fine").await;
+    assert_eq!(bob.event().await["message"]["text"], "still fine");
 }

@@ -45,6 +45,8 @@ pub struct Broker {
     child: Option<Child>,
     pub mqtt_port: u16,
     pub ws_port: u16,
+    /// Set when the broker was started with a TLS listener.
+    pub tls_port: Option<u16>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -60,7 +62,11 @@ impl Broker {
             child: None,
             mqtt_port: 0,
             ws_port: 0,
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            tls_port: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         b.spawn();
         b
@@ -73,7 +79,10 @@ impl Broker {
             .env("MQIM_MQTT_LISTEN", "127.0.0.1:0")
             .env("MQIM_WS_LISTEN", "127.0.0.1:0")
             .env("MQIM_AUTH_HS256_SECRET", SECRET)
-            .env("RUST_LOG", std::env::var("MQIM_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MQIM_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &self.extra_env {
@@ -95,6 +104,11 @@ impl Broker {
         };
         self.mqtt_port = port("mqtt=");
         self.ws_port = port("ws=");
+        self.tls_port = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("tls="))
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.trim().parse().ok());
         self.child = Some(child);
     }
 
@@ -317,7 +331,10 @@ impl Device {
     /// Subscribes (QoS 1) and returns the SUBACK's return codes as text.
     pub async fn subscribe(&mut self, filter: &str) -> String {
         match &self.client {
-            Client::V4(c) => c.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap(),
+            Client::V4(c) => c
+                .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .await
+                .unwrap(),
             Client::V5(c) => c
                 .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
                 .await
@@ -346,7 +363,8 @@ impl Device {
         if let Ok(v) = serde_json::from_slice::<Value>(&r.payload) {
             self.backlog.push(v);
         } else {
-            self.backlog.push(json!({"raw": r.topic, "payload": String::from_utf8_lossy(&r.payload)}));
+            self.backlog
+                .push(json!({"raw": r.topic, "payload": String::from_utf8_lossy(&r.payload)}));
         }
     }
 
@@ -359,7 +377,12 @@ impl Device {
                 .await
                 .unwrap(),
             Client::V5(c) => c
-                .publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, payload)
+                .publish(
+                    topic,
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
                 .await
                 .unwrap(),
         }
@@ -372,7 +395,8 @@ impl Device {
         let mut req = op;
         req["id"] = json!(id);
         let topic = format!("im/{}/{}/up/json", self.user, self.id);
-        self.publish_raw(&topic, serde_json::to_vec(&req).unwrap()).await;
+        self.publish_raw(&topic, serde_json::to_vec(&req).unwrap())
+            .await;
         id
     }
 
@@ -419,9 +443,19 @@ impl Device {
 
     /// Asserts nothing IM-related arrives within `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
-        assert!(self.backlog.is_empty(), "{} had unexpected traffic: {:?}", self.id, self.backlog);
+        assert!(
+            self.backlog.is_empty(),
+            "{} had unexpected traffic: {:?}",
+            self.id,
+            self.backlog
+        );
         if let Ok(Some(r)) = timeout(d, self.rx.recv()).await {
-            panic!("{} got unexpected {} {:?}", self.id, r.topic, String::from_utf8_lossy(&r.payload));
+            panic!(
+                "{} got unexpected {} {:?}",
+                self.id,
+                r.topic,
+                String::from_utf8_lossy(&r.payload)
+            );
         }
     }
 
@@ -468,5 +502,58 @@ async fn drop_client(c: &Client) {
 
 /// The seq of an event or reply field, as a number.
 pub fn seq(v: &Value) -> u64 {
-    v["seq"].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no seq in {v}"))
+    v["seq"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no seq in {v}"))
+}
+
+impl Device {
+    /// Publishes raw bytes with an explicit QoS (0, 1 or 2) and retain flag.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        qos: u8,
+        retain: bool,
+    ) {
+        let payload: Vec<u8> = payload.into();
+        match &self.client {
+            Client::V4(c) => {
+                let qos = rumqttc::qos(qos).expect("qos 0..=2");
+                c.publish(topic, qos, retain, payload).await.unwrap()
+            }
+            Client::V5(c) => {
+                let qos = rumqttc::v5::mqttbytes::qos(qos).expect("qos 0..=2");
+                c.publish(topic, qos, retain, payload).await.unwrap()
+            }
+        }
+    }
+
+    /// The next raw publish (any topic) within `d`, or `None` if nothing came in time or the
+    /// connection ended. Unlike [`Device::recv`] it never panics.
+    pub async fn try_recv(&mut self, d: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) if r.topic.starts_with('$') => continue,
+                Ok(Some(r)) => return Some(r),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Device {
+    /// Waits until the server closes this device's connection; false if it stays open.
+    pub async fn closed_by_server(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(None) => return true,
+                Ok(Some(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
 }
