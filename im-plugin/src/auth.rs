@@ -52,7 +52,9 @@ impl Authenticator {
             let key = match alg {
                 "RS256" => (DecodingKey::from_rsa_pem(&pem)?, Algorithm::RS256),
                 "ES256" => (DecodingKey::from_ec_pem(&pem)?, Algorithm::ES256),
-                other => anyhow::bail!("unsupported public_key_algorithm {other:?} (RS256 or ES256)"),
+                other => {
+                    anyhow::bail!("unsupported public_key_algorithm {other:?} (RS256 or ES256)")
+                }
             };
             keys.push(key);
         }
@@ -88,7 +90,10 @@ impl Authenticator {
             .signer
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
-        anyhow::ensure!(crate::topics::valid_user_id(user), "invalid user id {user:?}");
+        anyhow::ensure!(
+            crate::topics::valid_user_id(user),
+            "invalid user id {user:?}"
+        );
         let exp = now_secs() + ttl_secs;
         Ok(encode(
             &Header::new(Algorithm::HS256),
@@ -152,12 +157,18 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join("jwt-secret")).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join("jwt-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let t = a.issue("alice", 60).unwrap();
         assert!(b.verify("alice", Some(&t)).is_ok());
-        assert!(matches!(b.verify("bob", Some(&t)), Err(AuthError::WrongUser(_))));
+        assert!(matches!(
+            b.verify("bob", Some(&t)),
+            Err(AuthError::WrongUser(_))
+        ));
         assert!(b.verify("alice", None).is_err());
         assert!(b.verify("alice", Some("garbage")).is_err());
     }
@@ -176,6 +187,9 @@ mod tests {
             signer,
         )
         .unwrap();
-        assert!(matches!(a.verify("alice", Some(&t)), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.verify("alice", Some(&t)),
+            Err(AuthError::Invalid(_))
+        ));
     }
 }

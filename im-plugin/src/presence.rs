@@ -83,7 +83,10 @@ impl Presence {
 
     /// Number of online devices of `user` on this node.
     pub fn devices_of(&self, user: &str) -> usize {
-        self.shard(user).lock().get(user).map_or(0, |e| e.devices.len())
+        self.shard(user)
+            .lock()
+            .get(user)
+            .map_or(0, |e| e.devices.len())
     }
 
     /// Delivers `event` of `user`'s stream to every online device of the user except
@@ -119,7 +122,12 @@ impl Presence {
     }
 }
 
-fn send_to_devices(user: &str, devices: &[Arc<dyn DeviceLink>], event: Event, exclude: Option<u64>) {
+fn send_to_devices(
+    user: &str,
+    devices: &[Arc<dyn DeviceLink>],
+    event: Event,
+    exclude: Option<u64>,
+) {
     let downlink_msg = wire::event(event);
     let mut encoded: [Option<Bytes>; 2] = [None, None];
     for d in devices {

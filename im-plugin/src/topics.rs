@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn parses_exact_topics_and_rejects_everything_else() {
         let t = parse("im/alice/phone/up/json").unwrap();
-        assert_eq!((t.user, t.device, t.direction, t.format), ("alice", "phone", Direction::Up, Format::Json));
+        assert_eq!(
+            (t.user, t.device, t.direction, t.format),
+            ("alice", "phone", Direction::Up, Format::Json)
+        );
         assert_eq!(parse("im/alice/phone/down/pb").unwrap().format, Format::Pb);
         for bad in [
             "im/alice/phone/up",

@@ -17,8 +17,12 @@ use crate::topics::Format;
 pub fn decode_request(format: Format, payload: &[u8]) -> Result<Request, (String, ImError)> {
     match format {
         Format::Pb => {
-            let req = Request::decode(payload)
-                .map_err(|e| (String::new(), ImError::bad_request(format!("not a protobuf Request: {e}"))))?;
+            let req = Request::decode(payload).map_err(|e| {
+                (
+                    String::new(),
+                    ImError::bad_request(format!("not a protobuf Request: {e}")),
+                )
+            })?;
             if req.op.is_none() {
                 return Err((
                     req.id,
@@ -35,11 +39,18 @@ pub fn decode_request(format: Format, payload: &[u8]) -> Result<Request, (String
 }
 
 fn decode_json(payload: &[u8]) -> Result<Request, (String, ImError)> {
-    let value: serde_json::Value = serde_json::from_slice(payload)
-        .map_err(|e| (String::new(), ImError::bad_request(format!("not JSON: {e}"))))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| (String::new(), ImError::bad_request("a request is a JSON object")))?;
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
+        (
+            String::new(),
+            ImError::bad_request(format!("not JSON: {e}")),
+        )
+    })?;
+    let obj = value.as_object().ok_or_else(|| {
+        (
+            String::new(),
+            ImError::bad_request("a request is a JSON object"),
+        )
+    })?;
     let id = match obj.get("id") {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(_) => {
@@ -55,13 +66,19 @@ fn decode_json(payload: &[u8]) -> Result<Request, (String, ImError)> {
                 id,
                 ImError::new(
                     mqim_schemas::v1::ErrorCode::UnknownOp,
-                    format!("unknown operation {op:?}; known: {}", REQUEST_OPS.join(", ")),
+                    format!(
+                        "unknown operation {op:?}; known: {}",
+                        REQUEST_OPS.join(", ")
+                    ),
                 ),
             ))
         }
         [_] => {}
         _ => {
-            return Err((id, ImError::bad_request("a request carries exactly one operation")));
+            return Err((
+                id,
+                ImError::bad_request("a request carries exactly one operation"),
+            ));
         }
     }
     serde_json::from_value::<Request>(value).map_err(|e| (id, ImError::invalid(e.to_string())))
@@ -116,14 +133,26 @@ mod tests {
 
     #[test]
     fn json_errors_are_classified_and_keep_the_request_id() {
-        assert_eq!(code(decode_request(Format::Json, b"{nope")).1, ErrorCode::BadRequest);
-        assert_eq!(code(decode_request(Format::Json, b"[1]")).1, ErrorCode::BadRequest);
         assert_eq!(
-            code(decode_request(Format::Json, br#"{"id":"7","frobnicate":{}}"#)),
+            code(decode_request(Format::Json, b"{nope")).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(decode_request(Format::Json, b"[1]")).1,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(decode_request(
+                Format::Json,
+                br#"{"id":"7","frobnicate":{}}"#
+            )),
             ("7".into(), ErrorCode::UnknownOp)
         );
         assert_eq!(
-            code(decode_request(Format::Json, br#"{"id":"8","send":{"to":5}}"#)),
+            code(decode_request(
+                Format::Json,
+                br#"{"id":"8","send":{"to":5}}"#
+            )),
             ("8".into(), ErrorCode::InvalidArgument)
         );
         assert_eq!(
@@ -135,6 +164,9 @@ mod tests {
 
     #[test]
     fn protobuf_garbage_is_a_bad_request() {
-        assert_eq!(code(decode_request(Format::Pb, &[0xff, 0xff, 0xff])).1, ErrorCode::BadRequest);
+        assert_eq!(
+            code(decode_request(Format::Pb, &[0xff, 0xff, 0xff])).1,
+            ErrorCode::BadRequest
+        );
     }
 }

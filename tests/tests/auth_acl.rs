@@ -24,7 +24,13 @@ async fn bad_expired_and_foreign_tokens_are_refused_as_not_authorized() {
         assert!(e.contains("NotAuthorized"), "{proto:?}: {e}");
         let e = refused(&b, "alice", &token("bob", 3600), proto).await;
         assert!(e.contains("NotAuthorized"), "{proto:?}: {e}");
-        let e = refused(&b, "alice", &token_signed("alice", 3600, "some-other-secret"), proto).await;
+        let e = refused(
+            &b,
+            "alice",
+            &token_signed("alice", 3600, "some-other-secret"),
+            proto,
+        )
+        .await;
         assert!(e.contains("NotAuthorized"), "{proto:?}: {e}");
     }
     // The right token works on both protocol versions.
@@ -42,7 +48,9 @@ async fn anonymous_clients_are_refused_unless_allowed_and_never_reach_im() {
     assert!(e.contains("NotAuthorized"), "{e}");
 
     let b = Broker::start_with(&[("MQIM_ALLOW_ANONYMOUS", "true")]);
-    let mut anon = Device::connect_raw(&b, "", "anon", "", Proto::V4).await.unwrap();
+    let mut anon = Device::connect_raw(&b, "", "anon", "", Proto::V4)
+        .await
+        .unwrap();
     let codes = anon.subscribe("im/bob/bp/down/json").await;
     assert!(codes.contains("Failure"), "{codes}");
 }
@@ -51,7 +59,10 @@ async fn anonymous_clients_are_refused_unless_allowed_and_never_reach_im() {
 async fn a_device_may_subscribe_only_to_its_own_downlinks() {
     let b = Broker::start();
     let mut alice = Device::connect(&b, "alice", "ap").await;
-    assert!(alice.subscribe("im/alice/ap/down/pb").await.contains("Success"));
+    assert!(alice
+        .subscribe("im/alice/ap/down/pb")
+        .await
+        .contains("Success"));
     for filter in [
         "im/bob/bp/down/json",
         "im/bob/bp/up/json",
@@ -93,10 +104,14 @@ async fn publishing_to_another_users_uplink_injects_nothing() {
     let forged = r#"{"id":"x","send":{"to":"u:bob","clientMsgId":"forged","text":"I am carol"}}"#;
     alice.publish_raw("im/carol/cp/up/json", forged).await;
     assert!(alice.wait_for("$puback").await.contains("NotAuthorized"));
-    alice.publish_raw("im/alice/other-device/up/json", forged).await;
+    alice
+        .publish_raw("im/alice/other-device/up/json", forged)
+        .await;
     assert!(alice.wait_for("$puback").await.contains("NotAuthorized"));
     // Writing into someone's downlink is refused too.
-    alice.publish_raw("im/bob/bp/down/json", r#"{"event":{"seq":"1"}}"#).await;
+    alice
+        .publish_raw("im/bob/bp/down/json", r#"{"event":{"seq":"1"}}"#)
+        .await;
     assert!(alice.wait_for("$puback").await.contains("NotAuthorized"));
     bob.expect_silence(Duration::from_millis(500)).await;
     let (events, _) = bob.sync(0, 10).await;

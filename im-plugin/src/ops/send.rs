@@ -26,7 +26,9 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
     let commit = {
         let _order = plugin.order.lock();
         let (msg_id, ts) = plugin.ids.next();
-        plugin.store.append_message(NewMessage { msg_id, ts, ..msg })
+        plugin
+            .store
+            .append_message(NewMessage { msg_id, ts, ..msg })
     };
     let plugin = plugin.clone();
     let exclude = link.conn_id();
@@ -36,7 +38,9 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
                 if let Some(ev) = a.recipient_event {
                     plugin.presence.deliver(&to, ev, None);
                 }
-                plugin.presence.deliver(&from, a.sender_event, Some(exclude));
+                plugin
+                    .presence
+                    .deliver(&from, a.sender_event, Some(exclude));
                 Ok(sent(a.sent))
             }
             SendOutcome::Duplicate(original) => Ok(sent(original)),
@@ -66,7 +70,9 @@ fn validate(plugin: &ImPlugin, from: &str, req: SendRequest) -> Result<NewMessag
         .ok_or_else(|| ImError::invalid("`to` must be `u:<user id>`"))?;
     let n = req.client_msg_id.chars().count();
     if !(1..=64).contains(&n) {
-        return Err(ImError::invalid("`clientMsgId` is required, 1 to 64 characters"));
+        return Err(ImError::invalid(
+            "`clientMsgId` is required, 1 to 64 characters",
+        ));
     }
     if req.text.is_none() && req.body.is_none() {
         return Err(ImError::invalid("a message needs `text` or `body`"));
@@ -75,7 +81,10 @@ fn validate(plugin: &ImPlugin, from: &str, req: SendRequest) -> Result<NewMessag
     if size > plugin.cfg.max_body_bytes {
         return Err(ImError::new(
             ErrorCode::TooLarge,
-            format!("message content is {size} bytes; the limit is {}", plugin.cfg.max_body_bytes),
+            format!(
+                "message content is {size} bytes; the limit is {}",
+                plugin.cfg.max_body_bytes
+            ),
         ));
     }
     Ok(NewMessage {

@@ -42,6 +42,9 @@ pub fn cases() -> Vec<(&'static str, Case)> {
         ("concurrent_resends_store_once", |s| {
             concurrent_resends_store_once(s).boxed()
         }),
+        ("appends_apply_in_call_order", |s| {
+            appends_apply_in_call_order(s).boxed()
+        }),
         ("read_stream_paging", |s| read_stream_paging(s).boxed()),
         ("send_to_self_appends_one_event", |s| {
             send_to_self_appends_one_event(s).boxed()
@@ -420,6 +423,38 @@ pub async fn concurrent_resends_store_once(store: Arc<dyn MessageStore>) {
     assert_eq!(last_seq(store.as_ref(), "bob").await, 1);
 }
 
+/// Appends take effect in the order `append_message` is *called*, whatever the order their futures
+/// are awaited in: the domain assigns msgids under a lock around the call and relies on seqs
+/// following the same order.
+pub async fn appends_apply_in_call_order(store: Arc<dyn MessageStore>) {
+    const N: u64 = 20;
+    let pending: Vec<_> = (0..N)
+        .map(|i| {
+            let msg = message("alice", "bob", &format!("c{i}"), 10 + i, TS0 + i as i64);
+            store.append_message(msg)
+        })
+        .collect();
+    // Awaited last-first: a store that starts the work only when polled numbers them backwards.
+    let mut sent = Vec::new();
+    for future in pending.into_iter().rev() {
+        match future.await {
+            Ok(SendOutcome::Fresh(a)) => sent.push(a.sent),
+            other => panic!("an ordered append did not append: {other:?}"),
+        }
+    }
+    sent.reverse();
+    let order: Vec<(u64, u64)> = sent.iter().map(|s| (s.msg_id, s.seq)).collect();
+    let want: Vec<(u64, u64)> = (0..N).map(|i| (10 + i, i + 1)).collect();
+    assert_eq!(order, want, "(msg_id, seq) of appends in call order");
+    let bob = read_all(store.as_ref(), "bob").await;
+    let ids: Vec<u64> = bob.iter().map(|e| body(e).msg_id).collect();
+    assert_eq!(
+        ids,
+        (10..10 + N).collect::<Vec<_>>(),
+        "bob's stream in call order"
+    );
+}
+
 /// `read_stream` pages: `after_seq` is exclusive, `limit` caps the page, `has_more` is exact at the
 /// boundaries (empty stream, limit equal to what remains, after_seq at or past the end).
 pub async fn read_stream_paging(store: Arc<dyn MessageStore>) {
@@ -711,6 +746,7 @@ mod tests {
         HasMoreWhenFull,
         AfterSeqInclusive,
         SelfSendTwice,
+        ApplyInPollOrder,
         CursorUnclamped,
         MaxIsLatest,
         PurgeEverything,
@@ -720,29 +756,33 @@ mod tests {
     }
 
     struct Faulty {
-        inner: EmbeddedStore,
+        inner: Arc<EmbeddedStore>,
         fault: Fault,
         appends: AtomicU64,
         latest_msg_id: AtomicU64,
-        seen: Mutex<HashMap<String, SentRecord>>,
+        seen: Arc<Mutex<HashMap<String, SentRecord>>>,
     }
 
     #[async_trait]
     impl MessageStore for Faulty {
-        async fn append_message(&self, mut msg: NewMessage) -> StoreResult<SendOutcome> {
+        fn append_message(
+            &self,
+            mut msg: NewMessage,
+        ) -> BoxFuture<'static, StoreResult<SendOutcome>> {
             let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
             self.latest_msg_id.store(msg.msg_id, Ordering::SeqCst);
+            let mut first = None;
             match self.fault {
                 Fault::NoRecipientCopy => msg.to = msg.from.clone(),
                 Fault::NoDedup => msg.client_msg_id = format!("{}#{n}", msg.client_msg_id),
                 Fault::DedupAcrossSenders => {
-                    if let Some(sent) = self.seen.lock().get(&msg.client_msg_id) {
-                        return Ok(SendOutcome::Duplicate(sent.clone()));
+                    if let Some(sent) = self.seen.lock().get(&msg.client_msg_id).cloned() {
+                        return futures::future::ready(Ok(SendOutcome::Duplicate(sent))).boxed();
                     }
                 }
                 Fault::LoseEvery(k) if n.is_multiple_of(k) => {
                     let event = make_event(0, &msg);
-                    return Ok(SendOutcome::Fresh(Appended {
+                    let appended = Appended {
                         sent: SentRecord {
                             msg_id: msg.msg_id,
                             seq: 0,
@@ -751,21 +791,34 @@ mod tests {
                         },
                         sender_event: event.clone(),
                         recipient_event: Some(event),
-                    }));
+                    };
+                    return futures::future::ready(Ok(SendOutcome::Fresh(appended))).boxed();
                 }
                 Fault::SelfSendTwice if msg.to == msg.from => {
                     let mut copy = msg.clone();
                     copy.client_msg_id.push_str("#copy");
-                    self.inner.append_message(copy).await?;
+                    first = Some(self.inner.append_message(copy));
+                }
+                Fault::ApplyInPollOrder => {
+                    let inner = self.inner.clone();
+                    return async move { inner.append_message(msg).await }.boxed();
                 }
                 _ => {}
             }
             let cmid = msg.client_msg_id.clone();
-            let outcome = self.inner.append_message(msg).await?;
-            if let SendOutcome::Fresh(a) = &outcome {
-                self.seen.lock().insert(cmid, a.sent.clone());
+            let seen = self.seen.clone();
+            let pending = self.inner.append_message(msg);
+            async move {
+                if let Some(first) = first {
+                    first.await?;
+                }
+                let outcome = pending.await?;
+                if let SendOutcome::Fresh(a) = &outcome {
+                    seen.lock().insert(cmid, a.sent.clone());
+                }
+                Ok(outcome)
             }
-            Ok(outcome)
+            .boxed()
         }
 
         async fn read_stream(
@@ -844,13 +897,13 @@ mod tests {
     /// Whether `case` passes against a fresh store with `fault`.
     async fn passes(case_name: &str, fault: Fault) -> bool {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let inner = EmbeddedStore::open(dir.path()).expect("open store");
+        let inner = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
         let store: Arc<dyn MessageStore> = Arc::new(Faulty {
             inner,
             fault,
             appends: AtomicU64::new(0),
             latest_msg_id: AtomicU64::new(0),
-            seen: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(HashMap::new())),
         });
         let (_, case) = cases()
             .into_iter()
@@ -887,6 +940,7 @@ mod tests {
             ),
             ("concurrent_sends_are_contiguous", Fault::LoseEvery(37)),
             ("concurrent_resends_store_once", Fault::NoDedup),
+            ("appends_apply_in_call_order", Fault::ApplyInPollOrder),
             ("read_stream_paging", Fault::HasMoreWhenFull),
             ("read_stream_paging", Fault::AfterSeqInclusive),
             ("send_to_self_appends_one_event", Fault::SelfSendTwice),

@@ -27,13 +27,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use mqim_schemas::v1::{self, event, Event};
 use prost::Message as _;
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
     WriteTransaction,
 };
-use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -60,8 +60,9 @@ const SCHEMA_VERSION: u64 = 1;
 /// Upper bound of requests folded into one transaction. Bounds the latency a request can wait
 /// behind others and the size of one commit; 512 is far beyond what 64 concurrent senders queue.
 const MAX_BATCH: usize = 512;
-/// Queue depth before `append_message` waits asynchronously: backpressure instead of unbounded
-/// memory when the disk is slower than the senders.
+/// Queue depth beyond which requests fail fast with [`StoreError`] (the trait forbids blocking the
+/// caller): bounded memory when the disk is slower than the senders, who get `UNAVAILABLE` and
+/// resend with the same clientMsgId.
 const QUEUE_CAPACITY: usize = 16 * 1024;
 /// Dedup entries removed per writer request, so a large purge never holds up appends for long.
 const PURGE_CHUNK: usize = 4096;
@@ -156,7 +157,6 @@ impl EmbeddedStore {
         }
     }
 
-    /// Hands `op` to the writer thread and waits for its transaction to commit.
     /// Puts `op` on the writer's queue without waiting; fails fast when the queue is full so a
     /// saturated store pushes back on senders (they get `UNAVAILABLE` and resend).
     fn enqueue(&self, op: Op) -> StoreResult<oneshot::Receiver<StoreResult<Output>>> {
@@ -172,21 +172,9 @@ impl EmbeddedStore {
         Ok(answer)
     }
 
+    /// Enqueues `op` and waits for the transaction that carries it to commit.
     async fn submit(&self, op: Op) -> StoreResult<Output> {
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| StoreError::new("the store is closed"))?;
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(Job { op, reply })
-            .await
-            .map_err(|_| StoreError::new("the store writer has stopped"))?;
-        // A dropped reply means the writer died mid-batch; whether that batch committed is
-        // unknown, which is exactly the case clients resolve by resending the same clientMsgId.
-        answer
-            .await
-            .map_err(|_| StoreError::new("the store writer stopped before answering"))?
+        self.enqueue(op)?.await.map_err(|_| writer_gone())?
     }
 
     /// Runs `f` in a read transaction on the blocking pool: redb reads may touch the disk, and
@@ -509,6 +497,12 @@ fn make_event(seq: u64, msg: &NewMessage, conversation: String) -> Event {
     }
 }
 
+/// The reply channel was dropped: the writer died mid-batch. Whether that batch committed is
+/// unknown, which is exactly the case clients resolve by resending the same clientMsgId.
+fn writer_gone() -> StoreError {
+    StoreError::new("the store writer stopped before answering")
+}
+
 fn unexpected_output() -> StoreError {
     StoreError::new("the store writer answered a different request kind")
 }
@@ -634,6 +628,7 @@ mod tests {
         resend_returns_original_and_appends_nothing,
         concurrent_sends_are_contiguous,
         concurrent_resends_store_once,
+        appends_apply_in_call_order,
         read_stream_paging,
         send_to_self_appends_one_event,
         advance_cursor_forward_only_and_clamped,
@@ -650,6 +645,7 @@ mod tests {
             "resend_returns_original_and_appends_nothing",
             "concurrent_sends_are_contiguous",
             "concurrent_resends_store_once",
+            "appends_apply_in_call_order",
             "read_stream_paging",
             "send_to_self_appends_one_event",
             "advance_cursor_forward_only_and_clamped",
@@ -764,8 +760,4 @@ mod tests {
         // least one transaction must have carried more than one of them.
         assert!(stats.batches < stats.requests, "no batching: {stats:?}");
     }
-}
-
-fn writer_gone() -> StoreError {
-    StoreError::new("the store writer stopped before answering")
 }
