@@ -212,14 +212,13 @@ impl Version {
 
     /// Appends the encoding of `packet` to `buf`.
     pub fn write(self, packet: Outgoing, buf: &mut BytesMut) -> Result<(), CodecError> {
-        let r = match self {
+        match self {
             Version::V311 => match to_v4(packet) {
                 Some(p) => p.write(buf, usize::MAX).map(drop).map_err(malformed4),
                 None => Ok(()),
             },
             Version::V5 => to_v5(packet).write(buf, None).map(drop).map_err(malformed5),
-        };
-        r
+        }
     }
 }
 

@@ -15,6 +15,9 @@
 //!
 //! It must never see claimed (IM) traffic: the connection layer routes that to the extension.
 
+// rumqttd's `LinkError` is large; it is rumqttd's type and only ever logged here.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -192,6 +195,14 @@ fn unframe(mut payload: Bytes) -> (QoS, Bytes) {
     (qos, payload)
 }
 
+/// `LinkTx::send` is async in name only: it blocks on the router's channel, which is why it runs
+/// on this thread.
+fn send_blocking(tx: &mut LinkTx, packet: Packet) {
+    if let Err(e) = futures::executor::block_on(tx.send(packet)) {
+        debug!(error = ?e, "router link send failed");
+    }
+}
+
 fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
     // The publisher link's receiving side must stay alive, or the router drops the link.
     let (mut publisher, _publisher_rx) = match build("mqim-publisher") {
@@ -202,11 +213,6 @@ fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
         }
     };
     let mut links: HashMap<u64, LinkTx> = HashMap::new();
-    let block = |fut: &mut dyn FnMut() -> Result<usize, LinkError>| {
-        if let Err(e) = fut() {
-            debug!(error = ?e, "router link send failed");
-        }
-    };
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Cmd::Publish {
@@ -217,9 +223,7 @@ fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
             } => {
                 if let Some(p) = publisher.as_mut() {
                     let publish = RPublish::new(Bytes::from(topic), frame(payload, qos), retain);
-                    block(&mut || {
-                        futures::executor::block_on(p.send(Packet::Publish(publish.clone(), None)))
-                    });
+                    send_blocking(p, Packet::Publish(publish, None));
                 }
             }
             Cmd::Open { conn, reply } => {
@@ -248,14 +252,14 @@ fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
                             retain_forward_rule: RetainForwardRule::OnEverySubscribe,
                         }],
                     };
-                    block(&mut || {
-                        futures::executor::block_on(tx.send(Packet::Subscribe(sub.clone(), None)))
-                    });
+                    send_blocking(tx, Packet::Subscribe(sub, None));
                 }
             }
             Cmd::Unsubscribe { conn, filter } => {
                 if let Some(tx) = links.get_mut(&conn) {
-                    block(&mut || tx.unsubscribe(filter.clone()));
+                    if let Err(e) = tx.unsubscribe(filter) {
+                        debug!(error = ?e, "router unsubscribe failed");
+                    }
                 }
             }
             Cmd::Close { conn } => {
@@ -266,7 +270,7 @@ fn feeder(build: BuildLink, mut rx: mpsc::Receiver<Cmd>) {
                         },
                         None,
                     );
-                    block(&mut || futures::executor::block_on(tx.send(bye.clone())));
+                    send_blocking(&mut tx, bye);
                 }
             }
         }

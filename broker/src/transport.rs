@@ -16,6 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Completes the WebSocket handshake: only path `/mqtt` is served.
+// The callback's error type is tungstenite's, fixed by its handshake API.
+#[allow(clippy::result_large_err)]
 pub async fn accept_ws(stream: TcpStream, max_frame: usize) -> io::Result<WsIo> {
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != "/mqtt" {
