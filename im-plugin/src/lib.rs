@@ -5,7 +5,7 @@
 //! - `ops/`: one file per operation (`send`, `sync`, `ack`).
 //! - `wire`: request decoding and downlink encoding (canonical proto3 JSON or protobuf).
 //! - `topics`: the `im/{user}/{device}/{up|down}/{json|pb}` tree.
-//! - `presence`: online devices and ordered live delivery.
+//! - `presence`: online devices; `delivery`: live delivery in commit order.
 //! - `msgid`: node-unique, time-ordered message ids.
 //! - `auth`: JWT checking and issuing.
 //! - `store/`: the store traits, their conformance suite and the backends (embedded: redb).
@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod msgid;
 pub mod ops;

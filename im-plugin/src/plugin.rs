@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ImConfig;
+use crate::delivery::DeliveryQueue;
 use crate::msgid::MsgIdGen;
 use crate::presence::{DeviceLink, Presence};
 use crate::store::MessageStore;
@@ -25,9 +26,11 @@ pub struct ImPlugin {
     auth: Authenticator,
     pub(crate) store: Arc<dyn MessageStore>,
     pub(crate) ids: MsgIdGen,
-    /// Held while a msgid is assigned and its append enqueued, so both orders agree.
+    /// Held while a msgid is assigned, its append enqueued and its delivery slot taken, so the
+    /// three orders agree.
     pub(crate) order: Mutex<()>,
-    pub(crate) presence: Presence,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) deliveries: DeliveryQueue,
 }
 
 impl ImPlugin {
@@ -39,13 +42,15 @@ impl ImPlugin {
     ) -> anyhow::Result<Arc<ImPlugin>> {
         let floor = store.max_msg_id().await?;
         let ids = MsgIdGen::new(cfg.node_id, floor)?;
+        let presence = Arc::new(Presence::default());
         Ok(Arc::new(ImPlugin {
             cfg,
             auth,
             store,
             ids,
             order: Mutex::new(()),
-            presence: Presence::default(),
+            deliveries: DeliveryQueue::start(presence.clone()),
+            presence,
         }))
     }
 

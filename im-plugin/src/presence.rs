@@ -1,12 +1,8 @@
 //! Which devices of which users are online on this node, and live delivery to them.
 //!
-//! Live delivery is ordered per user: events are handed over in seq order even when the sends
-//! that produced them complete on different tasks. An event that arrives ahead of a missing
-//! lower seq waits (bounded) until the gap fills; the gap always fills because every committed
-//! event is delivered by a task that runs to completion. If the bound is hit, what waits is
-//! flushed in order and the device's own gap detection (`sync`) covers the rest.
+//! It does not order anything: callers hand it events in seq order (see `delivery.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
@@ -29,16 +25,11 @@ pub trait DeviceLink: Send + Sync + 'static {
     fn deliver(&self, topic: &str, payload: Bytes) -> bool;
 }
 
-/// Events parked while an earlier seq of the same user is still on its way.
-const MAX_PARKED: usize = 256;
 const SHARDS: usize = 64;
 
 #[derive(Default)]
 struct UserEntry {
     devices: Vec<Arc<dyn DeviceLink>>,
-    /// The seq expected next for live delivery; 0 = unknown (deliver whatever comes first).
-    next_seq: u64,
-    parked: BTreeMap<u64, (Event, Option<u64>)>,
 }
 
 /// The online-device registry, sharded to keep lock contention low.
@@ -90,34 +81,11 @@ impl Presence {
     }
 
     /// Delivers `event` of `user`'s stream to every online device of the user except
-    /// `exclude_conn`, in seq order.
+    /// `exclude_conn`.
     pub fn deliver(&self, user: &str, event: Event, exclude_conn: Option<u64>) {
-        let mut shard = self.shard(user).lock();
-        let Some(e) = shard.get_mut(user) else {
-            return;
-        };
-        if e.next_seq != 0 && event.seq > e.next_seq {
-            e.parked.insert(event.seq, (event, exclude_conn));
-            if e.parked.len() > MAX_PARKED {
-                let parked = std::mem::take(&mut e.parked);
-                for (_, (ev, ex)) in parked {
-                    e.next_seq = ev.seq + 1;
-                    send_to_devices(user, &e.devices, ev, ex);
-                }
-            }
-            return;
-        }
-        if event.seq >= e.next_seq {
-            e.next_seq = event.seq + 1;
-        }
-        send_to_devices(user, &e.devices, event, exclude_conn);
-        while let Some(entry) = e.parked.first_entry() {
-            if *entry.key() != e.next_seq {
-                break;
-            }
-            let (ev, ex) = entry.remove();
-            e.next_seq = ev.seq + 1;
-            send_to_devices(user, &e.devices, ev, ex);
+        let shard = self.shard(user).lock();
+        if let Some(e) = shard.get(user) {
+            send_to_devices(user, &e.devices, event, exclude_conn);
         }
     }
 }

@@ -223,3 +223,35 @@ async fn a_packet_over_the_maximum_size_closes_only_that_connection() {
     alice.send("bob", "after", "still fine").await;
     assert_eq!(bob.event().await["message"]["text"], "still fine");
 }
+
+#[tokio::test]
+async fn live_events_arrive_in_seq_order_while_many_senders_pipeline() {
+    let b = Broker::start();
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        senders.push(Device::connect(&b, &format!("s{s}"), "d").await);
+    }
+    // Every sender fires 100 requests without waiting for replies, all at once.
+    for i in 0..100 {
+        for (s, d) in senders.iter_mut().enumerate() {
+            d.request(
+                json!({"send": {"to": "u:bob", "clientMsgId": format!("{s}-{i}"), "text": "x"}}),
+            )
+            .await;
+        }
+    }
+    let mut last_per_sender = [None::<u64>; 4];
+    for expected in 1..=400u64 {
+        let ev = bob.event().await;
+        assert_eq!(seq(&ev), expected, "events out of seq order");
+        let cmid = ev["message"]["clientMsgId"].as_str().unwrap().to_string();
+        let (s, i) = cmid.split_once('-').unwrap();
+        let (s, i): (usize, u64) = (s.parse().unwrap(), i.parse().unwrap());
+        assert!(
+            last_per_sender[s].is_none_or(|last| i > last),
+            "sender {s} reordered"
+        );
+        last_per_sender[s] = Some(i);
+    }
+}

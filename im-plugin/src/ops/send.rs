@@ -1,8 +1,8 @@
 //! `send`: accept a one-to-one message, make it durable in both streams, deliver it live.
 //!
-//! The msgid is assigned and the store append is enqueued under one lock, so msgid order and
-//! commit order agree. The commit and the live delivery run on their own task: a sender that
-//! disconnects mid-send cannot leave a committed message undelivered to online devices.
+//! The msgid is assigned, the store append enqueued and a delivery slot taken under one lock, so
+//! msgid order, commit order and live delivery order agree. The commit runs on its own task: a
+//! sender that disconnects mid-send cannot leave a committed message undelivered.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use futures::FutureExt;
 use mqim_schemas::v1::{reply, ErrorCode, SendRequest, SentReply};
 
 use super::OpFuture;
+use crate::delivery::Delivery;
 use crate::error::ImError;
 use crate::presence::DeviceLink;
 use crate::store::{NewMessage, SendOutcome, SentRecord};
@@ -23,24 +24,32 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
     let (from, to) = (msg.from.clone(), msg.to.clone());
-    let commit = {
+    let (commit, slot) = {
         let _order = plugin.order.lock();
         let (msg_id, ts) = plugin.ids.next();
-        plugin
+        let commit = plugin
             .store
-            .append_message(NewMessage { msg_id, ts, ..msg })
+            .append_message(NewMessage { msg_id, ts, ..msg });
+        (commit, plugin.deliveries.reserve())
     };
-    let plugin = plugin.clone();
     let exclude = link.conn_id();
     let task = tokio::spawn(async move {
         match commit.await? {
             SendOutcome::Fresh(a) => {
-                if let Some(ev) = a.recipient_event {
-                    plugin.presence.deliver(&to, ev, None);
+                let mut out = Vec::with_capacity(2);
+                if let Some(event) = a.recipient_event {
+                    out.push(Delivery {
+                        user: to,
+                        event,
+                        exclude_conn: None,
+                    });
                 }
-                plugin
-                    .presence
-                    .deliver(&from, a.sender_event, Some(exclude));
+                out.push(Delivery {
+                    user: from,
+                    event: a.sender_event,
+                    exclude_conn: Some(exclude),
+                });
+                let _ = slot.send(out);
                 Ok(sent(a.sent))
             }
             SendOutcome::Duplicate(original) => Ok(sent(original)),
