@@ -243,15 +243,22 @@ impl Ctx {
             }
         };
         let r = f(&mut broker).await;
+        let died = broker.exit_report();
         let alive = broker.pid().is_some();
         let tail = broker.log_tail();
         broker.stop().await;
-        match r {
-            Ok(t) => BrokerRun::Done(t),
-            Err(e) => {
+        match (r, died) {
+            (Ok(t), None) => BrokerRun::Done(t),
+            (Ok(_), Some(died)) => {
+                eprintln!("[mqim-bench] {kind} died during the scenario: {died}");
+                BrokerRun::Failed(format!("the broker died during the scenario: {died}"))
+            }
+            (Err(e), died) => {
                 eprintln!("[mqim-bench] {kind} failed: {e:#}");
                 let mut msg = format!("{e:#}");
-                if alive && tail != "(empty)" {
+                if let Some(died) = died {
+                    msg.push_str(&format!("; {died}"));
+                } else if alive && tail != "(empty)" {
                     msg.push_str(&format!("; broker log tail:\n{tail}"));
                 }
                 BrokerRun::Failed(msg)
@@ -406,8 +413,16 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
             "[mqim-bench] WARNING: mqim is not available ({why}); running the Mosquitto side only"
         );
     }
+    let mqim_built = std::fs::metadata(&mqim_bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(
+            || "not built".to_string(),
+            |d| format!("built {}", report::format_utc(d.as_secs())),
+        );
     let brokers_line = format!(
-        "mqim `{}`; {} (`{}`; {})",
+        "mqim `{}` ({mqim_built}); {} (`{}`; {})",
         mqim_bin.display(),
         brokers::mosquitto_version(&mosquitto_bin),
         mosquitto_bin.display(),

@@ -1,0 +1,415 @@
+//! Starting, probing, killing, restarting and stopping the two brokers under test.
+//!
+//! This file owns the process side of the harness: free loopback ports, a fresh temporary data
+//! dir per broker instance, mqim's environment contract (`MQIM_DATA_DIR`, `MQIM_MQTT_LISTEN`,
+//! `MQIM_WS_LISTEN`, `MQIM_AUTH_HS256_SECRET`, `RUST_LOG`), a generated Mosquitto config (never
+//! the system service), readiness checks (the port accepts and an MQTT CONNECT + SUBSCRIBE
+//! succeeds), the broker's RSS from `/proc/<pid>/status`, and the credentials each broker expects
+//! (mqim: user id + HS256 JWT; Mosquitto: anonymous).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use jsonwebtoken::{EncodingKey, Header};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::client::{self, ConnectOptions};
+
+/// Which broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Mqim,
+    Mosquitto,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Mqim => "mqim",
+            Kind::Mosquitto => "Mosquitto",
+        })
+    }
+}
+
+/// Mosquitto settings the harness uses; printed into BENCHMARKS.md.
+pub const MOSQUITTO_SETTINGS: &str = "allow_anonymous true, persistence false, \
+max_queued_messages 1000000, max_queued_bytes 0, max_inflight_messages 20 (default), \
+set_tcp_nodelay true, max_connections -1";
+
+/// How long a broker gets to start serving.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Everything needed to start brokers of one kind.
+#[derive(Clone)]
+pub struct BrokerSpec {
+    pub kind: Kind,
+    pub bin: PathBuf,
+    pub auth: Auth,
+}
+
+/// Credentials: mqim wants username = user id and password = HS256 JWT; Mosquitto runs anonymous.
+#[derive(Clone)]
+pub struct Auth {
+    secret: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+impl Auth {
+    pub fn anonymous() -> Self {
+        Auth { secret: None }
+    }
+
+    pub fn hs256(secret: String) -> Self {
+        Auth {
+            secret: Some(secret),
+        }
+    }
+
+    /// (username, password) for `user`.
+    pub fn credentials(&self, user: &str) -> (Option<String>, Option<String>) {
+        match &self.secret {
+            None => (None, None),
+            Some(secret) => {
+                let exp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+                    + 24 * 3600;
+                let token = jsonwebtoken::encode(
+                    &Header::default(),
+                    &Claims { sub: user, exp },
+                    &EncodingKey::from_secret(secret.as_bytes()),
+                )
+                .expect("HS256 signing cannot fail");
+                (Some(user.to_string()), Some(token))
+            }
+        }
+    }
+}
+
+/// The downlink topic of device `device` of user `user`.
+pub fn down_topic(user: &str, device: &str) -> String {
+    format!("im/{user}/{device}/down/json")
+}
+
+/// The uplink (request) topic of device `device` of user `user`.
+pub fn up_topic(user: &str, device: &str) -> String {
+    format!("im/{user}/{device}/up/json")
+}
+
+/// A running broker (killed when dropped).
+pub struct Broker {
+    pub spec: BrokerSpec,
+    pub port: u16,
+    ws_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a probe port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Broker {
+    /// Starts a fresh broker instance (new ports, new data dir) and waits until it serves.
+    pub async fn start(spec: &BrokerSpec) -> Result<Broker> {
+        if !spec.bin.is_file() {
+            bail!("{} binary not found at {}", spec.kind, spec.bin.display());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(
+                "mqim-bench-{}-",
+                spec.kind.to_string().to_lowercase()
+            ))
+            .tempdir()
+            .context("creating a temp dir")?;
+        let mut broker = Broker {
+            spec: spec.clone(),
+            port: free_port()?,
+            ws_port: free_port()?,
+            dir,
+            child: None,
+            restarts: 0,
+        };
+        if spec.kind == Kind::Mosquitto {
+            std::fs::write(
+                broker.dir.path().join("mosquitto.conf"),
+                broker.mosquitto_conf(),
+            )?;
+        }
+        std::fs::create_dir_all(broker.data_dir())?;
+        broker.spawn()?;
+        broker.wait_ready().await?;
+        Ok(broker)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("broker-{}.log", self.restarts))
+    }
+
+    fn mosquitto_conf(&self) -> String {
+        format!(
+            "# generated by mqim-bench\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             max_queued_messages 1000000\n\
+             max_queued_bytes 0\n\
+             max_connections -1\n\
+             set_tcp_nodelay true\n\
+             log_dest stderr\n\
+             log_type error\n\
+             log_type warning\n\
+             connection_messages false\n",
+            port = self.port
+        )
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.log_path())?;
+        let log2 = log.try_clone()?;
+        let mut cmd = Command::new(&self.spec.bin);
+        match self.spec.kind {
+            Kind::Mqim => {
+                cmd.arg("serve")
+                    .env("MQIM_DATA_DIR", self.data_dir())
+                    .env("MQIM_MQTT_LISTEN", format!("127.0.0.1:{}", self.port))
+                    .env("MQIM_WS_LISTEN", format!("127.0.0.1:{}", self.ws_port))
+                    .env(
+                        "MQIM_AUTH_HS256_SECRET",
+                        self.spec.auth.secret.clone().unwrap_or_default(),
+                    )
+                    .env("RUST_LOG", "warn");
+            }
+            Kind::Mosquitto => {
+                cmd.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.spec.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the port accepts and an MQTT CONNECT + SUBSCRIBE with proper credentials works.
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "{} exited during startup ({status}); log:\n{}",
+                        self.spec.kind,
+                        self.log_tail()
+                    );
+                }
+            }
+            if tokio::net::TcpStream::connect(self.addr()).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not accept TCP connections on {} within {:?}; log:\n{}",
+                    self.spec.kind,
+                    self.addr(),
+                    READY_TIMEOUT,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (user, pass) = self.spec.auth.credentials("benchprobe");
+        let opts = ConnectOptions {
+            client_id: "benchprobe-d",
+            username: user.as_deref(),
+            password: pass.as_deref(),
+            keep_alive_secs: 60,
+        };
+        let topic = down_topic("benchprobe", "benchprobe-d");
+        match client::connect_and_subscribe(
+            self.addr(),
+            None,
+            &opts,
+            &topic,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(conn) => {
+                drop(conn);
+                Ok(())
+            }
+            Err(e) => bail!(
+                "{} accepts TCP but the MQTT probe (CONNECT as user benchprobe, SUBSCRIBE {topic}) \
+                 failed: {e}; log:\n{}",
+                self.spec.kind,
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// If the broker process has exited by itself: its exit status and the tail of its log.
+    pub fn exit_report(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(format!(
+            "{} exited by itself ({status}); log tail:\n{}",
+            self.spec.kind,
+            self.log_tail()
+        ))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Resident set size of the broker process in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.pid().context("broker not running")?;
+        rss_kib_of(&format!("/proc/{pid}/status"))
+    }
+
+    /// SIGKILLs the broker and reaps it.
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().ok();
+            child.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same ports and data dir (after [`Broker::kill`]) and
+    /// waits until it serves. Returns how long that took.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        let t0 = Instant::now();
+        self.restarts += 1;
+        self.spawn()?;
+        self.wait_ready().await?;
+        Ok(t0.elapsed())
+    }
+
+    /// Asks the broker to stop (SIGTERM), SIGKILLs it after 5 s.
+    pub async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on our own child's pid, which has not been reaped yet.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                child.start_kill().ok();
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    /// The last lines of the broker's log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path())
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(15);
+    let tail = lines[start..].join("\n");
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
+}
+
+/// VmRSS in KiB from a `/proc/<pid>/status` file.
+pub fn rss_kib_of(status_path: &str) -> Result<u64> {
+    let text =
+        std::fs::read_to_string(status_path).with_context(|| format!("reading {status_path}"))?;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kib = rest
+                .split_whitespace()
+                .next()
+                .context("VmRSS without a number")?
+                .parse()?;
+            return Ok(kib);
+        }
+    }
+    bail!("no VmRSS in {status_path}")
+}
+
+/// Our own RSS in KiB.
+pub fn self_rss_kib() -> u64 {
+    rss_kib_of("/proc/self/status").unwrap_or(0)
+}
+
+/// `mosquitto -h`'s first line, e.g. "mosquitto version 2.0.11".
+pub fn mosquitto_version(bin: &Path) -> String {
+    std::process::Command::new(bin)
+        .arg("-h")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            text.lines().next().map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown version".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_carry_sub_and_exp() {
+        let auth = Auth::hs256("s3cret".into());
+        let (u, p) = auth.credentials("alice");
+        assert_eq!(u.as_deref(), Some("alice"));
+        let token = p.unwrap();
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+            &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "alice");
+        assert!(data.claims["exp"].as_u64().unwrap() > 0);
+        assert_eq!(Auth::anonymous().credentials("x"), (None, None));
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        assert!(self_rss_kib() > 0);
+    }
+}
