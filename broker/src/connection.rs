@@ -70,7 +70,8 @@ where
                 return;
             }
         };
-    conn.run(connect).await;
+    // Boxed: the connect phase's state need not stay allocated beside the session's.
+    Box::pin(conn.run(connect)).await;
 }
 
 struct Conn<R, W> {
@@ -209,13 +210,13 @@ where
         if let Some(subs) = restored {
             for (filter, qos) in subs {
                 // Re-authorize: a restored subscription gets no more than a fresh one would.
-                let _ = self.subscribe_one(&mut state, &filter, qos).await;
+                let _ = Box::pin(self.subscribe_one(&mut state, &filter, qos)).await;
             }
         }
         shared.ext.on_session_open(&session);
         debug!(conn = conn_id, user = ?session.user(), client_id = session.client_id(), "session open");
 
-        let end = self.main_loop(&mut state, keep_alive).await;
+        let end = Box::pin(self.main_loop(&mut state, keep_alive)).await;
 
         let publish_will = match end {
             End::Clean { with_will } => with_will,
@@ -223,7 +224,7 @@ where
         };
         if publish_will {
             if let Some(will) = connect.will {
-                self.publish_will(&session, will).await;
+                Box::pin(self.publish_will(&session, will)).await;
             }
         }
         session.mark_closed();
@@ -255,8 +256,10 @@ where
                         if let Some(g) = grace {
                             deadline = Some(Instant::now() + g);
                         }
-                        if let Some(end) = self.handle(st, packet).await {
-                            self.flush().await;
+                        // Boxed, like every rare await below: an idle connection's task then
+                        // holds only the small select state, not the largest handler's.
+                        if let Some(end) = Box::pin(self.handle(st, packet)).await {
+                            Box::pin(self.flush()).await;
                             return end;
                         }
                     }
@@ -270,11 +273,11 @@ where
                             size = n,
                             "packet over the maximum size: closing"
                         );
-                        return self.close_with(DisconnectReason::PacketTooLarge).await;
+                        return Box::pin(self.close_with(DisconnectReason::PacketTooLarge)).await;
                     }
                     Err(e) => {
                         info!(conn = st.session.conn_id, error = %e, "protocol error: closing");
-                        return self.close_with(DisconnectReason::ProtocolError).await;
+                        return Box::pin(self.close_with(DisconnectReason::ProtocolError)).await;
                     }
                 }
             }
@@ -287,7 +290,7 @@ where
                 st.session.drain(DRAIN_BATCH, &mut drained);
                 for d in drained.drain(..) {
                     if let Some(reason) = self.encode_delivery(st, d) {
-                        return self.close_with_server(reason).await;
+                        return Box::pin(self.close_with_server(reason)).await;
                     }
                 }
             }
@@ -297,7 +300,7 @@ where
                 biased;
                 _ = shutdown.changed() => {
                     let reason = shared.shutdown_reason();
-                    return self.close_with_server(reason).await;
+                    return Box::pin(self.close_with_server(reason)).await;
                 }
                 Some((pkid, qos, outcome)) = st.acks.next(), if !st.acks.is_empty() => {
                     let authorized = outcome == PublishOutcome::Accepted;
@@ -329,7 +332,7 @@ where
                 }
                 _ = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
                     info!(conn = st.session.conn_id, "keepalive timeout");
-                    return self.close_with(DisconnectReason::KeepAliveTimeout).await;
+                    return Box::pin(self.close_with(DisconnectReason::KeepAliveTimeout)).await;
                 }
             }
         }

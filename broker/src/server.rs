@@ -253,22 +253,33 @@ async fn accept_loop(
 }
 
 async fn serve_socket(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, t: Transport) {
+    // The WebSocket and TLS handshakes are large futures: boxed, so a plain TCP connection's
+    // task is not sized for them.
     match t {
         Transport::Tcp => crate::connection::serve(shared, stream, peer).await,
-        Transport::Ws => {
-            match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
-                Ok(io) => crate::connection::serve(shared, io, peer).await,
-                Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),
-            }
-        }
-        Transport::Tls(acceptor) => {
-            let handshake = acceptor.accept(stream);
-            match tokio::time::timeout(shared.limits.connect_timeout, handshake).await {
-                Ok(Ok(io)) => crate::connection::serve(shared, io, peer).await,
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
-            }
-        }
+        Transport::Ws => Box::pin(serve_ws(shared, stream, peer)).await,
+        Transport::Tls(acceptor) => Box::pin(serve_tls(shared, stream, peer, acceptor)).await,
+    }
+}
+
+async fn serve_ws(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
+        Ok(io) => crate::connection::serve(shared, io, peer).await,
+        Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+    }
+}
+
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let handshake = acceptor.accept(stream);
+    match tokio::time::timeout(shared.limits.connect_timeout, handshake).await {
+        Ok(Ok(io)) => crate::connection::serve(shared, io, peer).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
 }
 
