@@ -43,12 +43,44 @@ enum End {
     Abnormal,
 }
 
+/// A byte stream the connection can read and write at the same time.
+pub trait SplitIo: AsyncRead + AsyncWrite + Unpin + Send {
+    type Reader<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Writer<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn split_io(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+}
+
+/// Plain TCP splits into borrowed halves: no allocation, no lock, for the common case.
+impl SplitIo for tokio::net::TcpStream {
+    type Reader<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Writer<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn split_io(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        self.split()
+    }
+}
+
+/// Other transports (WebSocket, TLS) use tokio's generic split.
+macro_rules! generic_split {
+    ($t:ty) => {
+        impl SplitIo for $t {
+            type Reader<'a> = tokio::io::ReadHalf<&'a mut $t>;
+            type Writer<'a> = tokio::io::WriteHalf<&'a mut $t>;
+            fn split_io(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+                tokio::io::split(self)
+            }
+        }
+    };
+}
+generic_split!(crate::transport::WsIo);
+generic_split!(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
 /// Serves one client until it goes away.
-pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let (reader, writer) = tokio::io::split(stream);
+pub async fn serve<S: SplitIo>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr) {
+    let (reader, writer) = stream.split_io();
     let mut conn = Conn {
         shared,
         reader,
@@ -58,20 +90,22 @@ where
         version: Version::V311,
         peer,
     };
-    let connect =
-        match tokio::time::timeout(conn.shared.limits.connect_timeout, conn.read_connect()).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "connection closed before a valid CONNECT");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "no CONNECT in time");
-                return;
-            }
-        };
-    // Boxed: the connect phase's state need not stay allocated beside the session's.
-    Box::pin(conn.run(connect)).await;
+    // Two boxed phases: the handshake's state (connect timeout, CONNECT, authentication) is
+    // freed before the session starts, so a long-lived connection holds only what it uses.
+    let Some(accepted) = Box::pin(conn.handshake()).await else {
+        return;
+    };
+    Box::pin(conn.run(accepted)).await;
+}
+
+/// What the handshake hands to the session phase.
+struct Accepted {
+    session: Arc<Session>,
+    state: State,
+    will: Option<Will>,
+    keep_alive: u16,
+    persistent: bool,
+    restored: Option<Vec<(String, QoS)>>,
 }
 
 struct Conn<R, W> {
@@ -140,13 +174,31 @@ where
         }
     }
 
-    async fn run(mut self, connect: codec::Connect) {
+    /// Reads CONNECT, authenticates, registers the session and queues CONNACK. `None` when the
+    /// client was refused or went away.
+    async fn handshake(&mut self) -> Option<Box<Accepted>> {
+        let peer = self.peer;
+        let mut connect =
+            match tokio::time::timeout(self.shared.limits.connect_timeout, self.read_connect())
+                .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "connection closed before a valid CONNECT");
+                    return None;
+                }
+                Err(_) => {
+                    debug!(%peer, "no CONNECT in time");
+                    return None;
+                }
+            };
         let shared = self.shared.clone();
         let conn_id = shared.next_conn_id();
         let mut client_id = connect.client_id.clone();
         if client_id.is_empty() {
             if !connect.clean_start {
-                return self.send_now(Self::refuse(ConnAckCode::BadClientId)).await;
+                self.send_now(Self::refuse(ConnAckCode::BadClientId)).await;
+                return None;
             }
             client_id = format!("mqim-auto-{conn_id}");
         }
@@ -161,15 +213,15 @@ where
             AuthDecision::Anonymous if shared.limits.allow_anonymous => None,
             AuthDecision::Anonymous => {
                 info!(peer = %self.peer, %client_id, "refused: no credentials and anonymous access is off");
-                return self
-                    .send_now(Self::refuse(ConnAckCode::NotAuthorized))
+                self.send_now(Self::refuse(ConnAckCode::NotAuthorized))
                     .await;
+                return None;
             }
             AuthDecision::Denied(why) => {
                 info!(peer = %self.peer, %client_id, reason = %why, "refused: not authorized");
-                return self
-                    .send_now(Self::refuse(ConnAckCode::NotAuthorized))
+                self.send_now(Self::refuse(ConnAckCode::NotAuthorized))
                     .await;
+                return None;
             }
         };
         let principal = Principal { user, client_id };
@@ -196,7 +248,10 @@ where
             )
             .ok();
         let keep_alive = connect.keep_alive;
-        let mut state = State {
+        // Only the will is needed from here on; the credentials are not kept for the session.
+        let will = connect.will.take();
+        drop(connect.password.take());
+        let state = State {
             session: session.clone(),
             link_open: false,
             next_pkid: 0,
@@ -205,8 +260,30 @@ where
                 .min(shared.limits.max_inflight),
             client_max_packet: connect.max_packet_size.map(|m| m as usize),
             qos2_in: HashSet::new(),
-            acks: FuturesOrdered::new(),
+            acks: None,
         };
+        // Boxed so the caller's future holds a pointer, not the session state.
+        Some(Box::new(Accepted {
+            session,
+            state,
+            will,
+            keep_alive,
+            persistent,
+            restored,
+        }))
+    }
+
+    async fn run(&mut self, accepted: Box<Accepted>) {
+        let Accepted {
+            session,
+            mut state,
+            will,
+            keep_alive,
+            persistent,
+            restored,
+        } = *accepted;
+        let shared = self.shared.clone();
+        let conn_id = session.conn_id;
         if let Some(subs) = restored {
             for (filter, qos) in subs {
                 // Re-authorize: a restored subscription gets no more than a fresh one would.
@@ -223,7 +300,7 @@ where
             End::Server | End::Abnormal => true,
         };
         if publish_will {
-            if let Some(will) = connect.will {
+            if let Some(will) = will {
                 Box::pin(self.publish_will(&session, will)).await;
             }
         }
@@ -281,7 +358,8 @@ where
                     }
                 }
             }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_BUFFER {
+            if self.rbuf.is_empty() {
+                // Idle connections hold no read buffer (the next read allocates a small one).
                 self.rbuf = BytesMut::new();
             }
             // Move what the outbox holds into the write buffer, within the in-flight window.
@@ -294,7 +372,8 @@ where
                     }
                 }
             }
-            let reading = st.acks.len() < shared.limits.max_pending_acks;
+            let pending = st.acks.as_ref().map_or(0, FuturesOrdered::len);
+            let reading = pending < shared.limits.max_pending_acks;
             let can_drain = st.inflight.len() < st.max_inflight;
             tokio::select! {
                 biased;
@@ -302,7 +381,7 @@ where
                     let reason = shared.shutdown_reason();
                     return Box::pin(self.close_with_server(reason)).await;
                 }
-                Some((pkid, qos, outcome)) = st.acks.next(), if !st.acks.is_empty() => {
+                Some((pkid, qos, outcome)) = next_ack(&mut st.acks), if pending > 0 => {
                     let authorized = outcome == PublishOutcome::Accepted;
                     let ack = match qos {
                         QoS::AtLeastOnce => Outgoing::PubAck { pkid, authorized },
@@ -487,7 +566,9 @@ where
         };
         if p.qos != QoS::AtMostOnce {
             let (pkid, qos) = (p.pkid, p.qos);
-            st.acks.push_back(done.map(move |o| (pkid, qos, o)).boxed());
+            st.acks
+                .get_or_insert_with(FuturesOrdered::new)
+                .push_back(done.map(move |o| (pkid, qos, o)).boxed());
         } else {
             tokio::spawn(done);
         }
@@ -577,7 +658,8 @@ struct State {
     client_max_packet: Option<usize>,
     qos2_in: HashSet<u16>,
     /// Acknowledgements of received publishes, completed in the order received.
-    acks: FuturesOrdered<BoxFuture<'static, (u16, QoS, PublishOutcome)>>,
+    /// Created on the first QoS 1/2 publish: an idle connection does not pay for it.
+    acks: Acks,
 }
 
 impl State {
@@ -600,6 +682,15 @@ fn is_claimed(topic: &str, prefix: &str) -> bool {
 fn is_claimed_filter(filter: &str, prefix: &str) -> bool {
     let root = prefix.trim_end_matches('/');
     filter.split('/').next() == Some(root)
+}
+
+type Acks = Option<FuturesOrdered<BoxFuture<'static, (u16, QoS, PublishOutcome)>>>;
+
+async fn next_ack(acks: &mut Acks) -> Option<(u16, QoS, PublishOutcome)> {
+    match acks {
+        Some(a) => a.next().await,
+        None => None,
+    }
 }
 
 fn far_future() -> Instant {

@@ -137,6 +137,8 @@ impl Session {
         if let Some(e) = c.iter_mut().find(|(t, _)| *t == topic) {
             e.1 = qos;
         } else {
+            // Most devices hold one or two subscriptions: grow one at a time, not by four.
+            c.reserve_exact(1);
             c.push((topic, qos));
         }
     }
@@ -144,6 +146,7 @@ impl Session {
     pub(crate) fn add_general(&self, filter: String, qos: QoS) {
         let mut g = self.general.lock();
         g.retain(|(f, _)| *f != filter);
+        g.reserve_exact(1);
         g.push((filter, qos));
     }
 

@@ -55,11 +55,10 @@ impl Presence {
 
     pub fn add(&self, link: Arc<dyn DeviceLink>) {
         let mut shard = self.shard(link.user()).lock();
-        shard
-            .entry(link.user().to_string())
-            .or_default()
-            .devices
-            .push(link);
+        let devices = &mut shard.entry(link.user().to_string()).or_default().devices;
+        // Typically one or two devices per user: grow one at a time, not by four.
+        devices.reserve_exact(1);
+        devices.push(link);
     }
 
     pub fn remove(&self, user: &str, conn_id: u64) {
