@@ -16,7 +16,7 @@ use crate::config::ImConfig;
 use crate::delivery::DeliveryQueue;
 use crate::msgid::MsgIdGen;
 use crate::presence::{DeviceLink, Presence};
-use crate::store::MessageStore;
+use crate::store::Store;
 use crate::topics::{self, Direction, Format};
 use crate::{ops, wire};
 
@@ -24,7 +24,7 @@ use crate::{ops, wire};
 pub struct ImPlugin {
     pub(crate) cfg: ImConfig,
     auth: Authenticator,
-    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) ids: MsgIdGen,
     /// Held while a msgid is assigned, its append enqueued and its delivery slot taken, so the
     /// three orders agree.
@@ -38,7 +38,7 @@ impl ImPlugin {
     pub async fn open(
         cfg: ImConfig,
         auth: Authenticator,
-        store: Arc<dyn MessageStore>,
+        store: Arc<dyn Store>,
     ) -> anyhow::Result<Arc<ImPlugin>> {
         let floor = store.max_msg_id().await?;
         let ids = MsgIdGen::new(cfg.node_id, floor)?;
@@ -104,6 +104,9 @@ impl ImPlugin {
             Some(Op::Send(r)) => ops::send::start(self, &link, r),
             Some(Op::Sync(r)) => ops::sync::start(self, &link, r),
             Some(Op::Ack(r)) => ops::ack::start(self, &link, r),
+            Some(Op::Conversations(r)) => ops::conversations::start(self, &link, r),
+            Some(Op::Read(r)) => ops::read::start(self, &link, r),
+            Some(Op::History(r)) => ops::history::start(self, &link, r),
             // decode_request rejects requests without an operation.
             None => return futures::future::ready(()).boxed(),
         };

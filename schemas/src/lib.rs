@@ -79,6 +79,9 @@ mod tests {
 
     #[test]
     fn request_ops_come_from_the_schema() {
-        assert_eq!(super::REQUEST_OPS, &["send", "sync", "ack"]);
+        assert_eq!(
+            super::REQUEST_OPS,
+            &["send", "sync", "ack", "conversations", "read", "history"]
+        );
     }
 }

@@ -14,7 +14,6 @@ use crate::delivery::Delivery;
 use crate::error::ImError;
 use crate::presence::DeviceLink;
 use crate::store::{NewMessage, SendOutcome, SentRecord};
-use crate::topics::valid_user_id;
 use crate::ImPlugin;
 
 /// Validates and starts a send from `link`'s user.
@@ -72,11 +71,8 @@ fn sent(r: SentRecord) -> reply::Result {
 }
 
 fn validate(plugin: &ImPlugin, from: &str, req: SendRequest) -> Result<NewMessage, ImError> {
-    let to = req
-        .to
-        .strip_prefix("u:")
-        .filter(|u| valid_user_id(u))
-        .ok_or_else(|| ImError::invalid("`to` must be `u:<user id>`"))?;
+    let to = super::parse_conversation(&req.to)
+        .map_err(|_| ImError::invalid("`to` must be `u:<user id>`"))?;
     let n = req.client_msg_id.chars().count();
     if !(1..=64).contains(&n) {
         return Err(ImError::invalid(

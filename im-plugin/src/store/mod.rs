@@ -16,7 +16,7 @@ pub mod embedded;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use mqim_schemas::v1::Event;
+use mqim_schemas::v1::{Event, Message};
 
 /// A message accepted by the domain (validated, msgid assigned), ready to be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,3 +121,80 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Remove dedup entries recorded before `before_ts_ms`. Returns how many were removed.
     async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize>;
 }
+
+/// One conversation as its owner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConversationSummary {
+    /// `u:<peer>`.
+    pub id: String,
+    /// Messages from the peer not yet read by the owner.
+    pub unread: u64,
+    /// The latest message in either direction, as the owner sees it.
+    pub last: Option<Message>,
+    /// Time of the latest message, Unix milliseconds.
+    pub updated_at: i64,
+}
+
+/// A page of conversations, newest activity first.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ConversationPage {
+    pub conversations: Vec<ConversationSummary>,
+    pub has_more: bool,
+}
+
+/// A page of a conversation's messages, newest first.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// What marking a conversation read did.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ReadOutcome {
+    /// Unread messages left in the conversation.
+    pub unread: u64,
+    /// When something was unread up to the given msgid: the receipt appended to the reader's own
+    /// stream (for the reader's other devices) and the one appended to the peer's stream.
+    /// `None` when the read changed nothing, so no event was appended.
+    pub receipts: Option<(Event, (String, Event))>,
+}
+
+/// The per-user inbox view: unread counts, recent conversations, history, read pointers.
+///
+/// Contract (checked by the `inbox_*` conformance cases):
+/// - `append_message` makes a message unread for its recipient (never for its sender, never a
+///   note to self) and moves the conversation to the top of both users' recent lists, in the same
+///   atomic step that appends it;
+/// - `mark_read(user, conversation, x)` removes every unread message with msgid <= x, never
+///   drives a count below zero, and is idempotent: an x not newer than the last read changes
+///   nothing and appends no receipt. Like `append_message`, the call enqueues: reads apply in
+///   call order relative to appends;
+/// - history pages backwards by msgid without gaps or repeats.
+#[async_trait]
+pub trait InboxStore: Send + Sync + 'static {
+    fn mark_read(
+        &self,
+        user: &str,
+        conversation: &str,
+        up_to_msg_id: u64,
+    ) -> BoxFuture<'static, StoreResult<ReadOutcome>>;
+
+    /// The user's conversations, newest activity first, at most `limit`.
+    async fn conversations(&self, user: &str, limit: usize) -> StoreResult<ConversationPage>;
+
+    /// Messages of `conversation` as `user` sees it, newest first, with msgid below
+    /// `before_msg_id` (all if `None`), at most `limit`.
+    async fn history(
+        &self,
+        user: &str,
+        conversation: &str,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<HistoryPage>;
+}
+
+/// Everything the IM service needs from storage.
+pub trait Store: MessageStore + InboxStore {}
+
+impl<T: MessageStore + InboxStore> Store for T {}

@@ -1,0 +1,60 @@
+//! `read`: mark a conversation read up to a msgid; the peer gets a read receipt and the reader's
+//! devices an event in the reader's stream, so unread counts converge everywhere.
+//!
+//! Like `send`, the store call and the delivery slot are taken under the order lock, so receipts
+//! reach devices in stream order. Unlike `send`, the requesting device gets its own stream's
+//! event too: the reply does not carry its seq, and a device must never see a gap it cannot
+//! explain.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use mqim_schemas::v1::{reply, ErrorCode, ReadReply, ReadRequest};
+
+use super::{parse_conversation, OpFuture};
+use crate::delivery::Delivery;
+use crate::error::ImError;
+use crate::presence::DeviceLink;
+use crate::ImPlugin;
+
+pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: ReadRequest) -> OpFuture {
+    if let Err(e) = parse_conversation(&req.conversation) {
+        return futures::future::ready(Err(e)).boxed();
+    }
+    if req.msg_id == 0 {
+        let e = ImError::invalid("`msgId` is required");
+        return futures::future::ready(Err(e)).boxed();
+    }
+    let user = link.user().to_string();
+    let (done, slot) = {
+        let _order = plugin.order.lock();
+        let done = plugin.store.mark_read(&user, &req.conversation, req.msg_id);
+        (done, plugin.deliveries.reserve())
+    };
+    let task = tokio::spawn(async move {
+        let outcome = done.await?;
+        if let Some((own, (peer, peer_event))) = outcome.receipts {
+            let _ = slot.send(vec![
+                Delivery {
+                    user,
+                    event: own,
+                    exclude_conn: None,
+                },
+                Delivery {
+                    user: peer,
+                    event: peer_event,
+                    exclude_conn: None,
+                },
+            ]);
+        }
+        Ok(reply::Result::Read(ReadReply {
+            conversation: req.conversation,
+            unread: outcome.unread,
+        }))
+    });
+    async move {
+        task.await
+            .unwrap_or_else(|e| Err(ImError::new(ErrorCode::Internal, e.to_string())))
+    }
+    .boxed()
+}
