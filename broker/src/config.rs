@@ -42,6 +42,8 @@ pub struct MqttConfig {
     pub connect_timeout_secs: u64,
     pub session_expiry_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// New connections one IP address may open per second (0: unlimited); bursts of twice that.
+    pub max_connects_per_ip_per_sec: u32,
     /// MQTT over TLS; off unless configured.
     pub tls: Option<TlsConfig>,
 }
@@ -87,6 +89,7 @@ impl Default for MqttConfig {
             connect_timeout_secs: 10,
             session_expiry_secs: 24 * 3600,
             shutdown_grace_secs: 10,
+            max_connects_per_ip_per_sec: 100,
             tls: None,
         }
     }
@@ -137,6 +140,16 @@ impl Config {
                 key_file: key.into(),
             });
         }
+        if let Some(v) = get("MQIM_MAX_CONNECTS_PER_IP") {
+            self.mqtt.max_connects_per_ip_per_sec =
+                v.parse().context("MQIM_MAX_CONNECTS_PER_IP")?;
+        }
+        if let Some(v) = get("MQIM_MAX_SENDS_PER_SEC") {
+            self.im.max_sends_per_sec = v.parse().context("MQIM_MAX_SENDS_PER_SEC")?;
+        }
+        if let Some(v) = get("MQIM_SEND_BURST") {
+            self.im.send_burst = v.parse().context("MQIM_SEND_BURST")?;
+        }
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
@@ -180,6 +193,7 @@ impl Config {
             connect_timeout: Duration::from_secs(m.connect_timeout_secs),
             max_connections: m.max_connections,
             session_expiry: Duration::from_secs(m.session_expiry_secs),
+            connects_per_ip_per_sec: m.max_connects_per_ip_per_sec,
         }
     }
 

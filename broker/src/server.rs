@@ -39,6 +39,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a disconnected persistent session keeps its subscriptions.
     pub session_expiry: Duration,
+    /// New connections per second from one IP address (0: unlimited), bursts of twice that.
+    pub connects_per_ip_per_sec: u32,
 }
 
 /// Where the server listens.
@@ -60,6 +62,7 @@ pub struct Shared {
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_reason: AtomicU8,
     conn_counter: AtomicU64,
+    connect_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
 
 impl Shared {
@@ -130,10 +133,15 @@ impl Server {
             acl,
             router,
             sessions: SessionTable::default(),
-            limits,
             shutdown: shutdown_rx,
             shutdown_reason: AtomicU8::new(0),
             conn_counter: AtomicU64::new(0),
+            connect_limit: std::num::NonZeroU32::new(limits.connects_per_ip_per_sec).map(|rate| {
+                // Bursts of twice the rate.
+                let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
+                governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+            }),
+            limits,
         });
         Ok(Server {
             shared,
@@ -238,6 +246,13 @@ async fn accept_loop(
                 continue;
             }
         };
+        if let Some(limit) = &shared.connect_limit {
+            // 001's rule: an address opening connections faster than this is refused at once.
+            if limit.check_key(&peer.ip()).is_err() {
+                debug!(%peer, "connection rate limit exceeded: refusing");
+                continue;
+            }
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(%peer, "connection limit reached: refusing");
             continue;
@@ -289,6 +304,10 @@ async fn sweep_sessions(shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         shared.sessions.expire(shared.limits.session_expiry);
+        if let Some(limit) = &shared.connect_limit {
+            limit.retain_recent();
+            limit.shrink_to_fit();
+        }
     }
 }
 

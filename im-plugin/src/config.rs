@@ -18,6 +18,11 @@ pub struct ImConfig {
     pub sync_default_limit: u32,
     /// Largest `sync` page.
     pub sync_max_limit: u32,
+    /// Sends one user may make per second, across all devices (0: unlimited). Past it, sends get
+    /// `RATE_LIMITED` and nothing is stored.
+    pub max_sends_per_sec: u32,
+    /// Sends a user may make in a burst above that rate.
+    pub send_burst: u32,
 }
 
 impl Default for ImConfig {
@@ -28,6 +33,8 @@ impl Default for ImConfig {
             dedup_ttl_secs: 24 * 3600,
             sync_default_limit: 100,
             sync_max_limit: 1000,
+            max_sends_per_sec: 100,
+            send_burst: 200,
         }
     }
 }

@@ -9,7 +9,7 @@
 //! - `msgid`: node-unique, time-ordered message ids.
 //! - `auth`: JWT checking and issuing.
 //! - `store/`: the store traits, their conformance suite and the backends (embedded: redb).
-//! - `config`, `error`: settings and the stable error codes.
+//! - `config`, `error`: settings and the stable error codes; `limits`: the per-user send rate.
 //!
 //! It knows nothing of MQTT packets or sockets: the connection layer reaches it through
 //! [`presence::DeviceLink`] and [`ImPlugin::handle_uplink`].
@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod limits;
 pub mod msgid;
 pub mod ops;
 pub mod plugin;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ImConfig;
 use crate::delivery::DeliveryQueue;
+use crate::limits::SendLimiter;
 use crate::msgid::MsgIdGen;
 use crate::presence::{DeviceLink, Presence};
 use crate::store::Store;
@@ -31,6 +32,7 @@ pub struct ImPlugin {
     pub(crate) order: Mutex<()>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) deliveries: DeliveryQueue,
+    pub(crate) send_limit: SendLimiter,
 }
 
 impl ImPlugin {
@@ -43,7 +45,9 @@ impl ImPlugin {
         let floor = store.max_msg_id().await?;
         let ids = MsgIdGen::new(cfg.node_id, floor)?;
         let presence = Arc::new(Presence::default());
+        let send_limit = SendLimiter::new(cfg.max_sends_per_sec, cfg.send_burst);
         Ok(Arc::new(ImPlugin {
+            send_limit,
             cfg,
             auth,
             store,
@@ -127,6 +131,7 @@ impl ImPlugin {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tick.tick().await;
+                this.send_limit.sweep();
                 let cutoff = crate::now_ms() - (this.cfg.dedup_ttl_secs as i64) * 1000;
                 match this.store.purge_dedup(cutoff).await {
                     Ok(n) if n > 0 => info!(removed = n, "expired resend-dedup entries"),

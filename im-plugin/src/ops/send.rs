@@ -22,6 +22,13 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
         Ok(m) => m,
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
+    if !plugin.send_limit.allow(&msg.from) {
+        let e = ImError::new(
+            ErrorCode::RateLimited,
+            "too many messages; slow down and resend with the same clientMsgId",
+        );
+        return futures::future::ready(Err(e)).boxed();
+    }
     let (from, to) = (msg.from.clone(), msg.to.clone());
     let (commit, slot) = {
         let _order = plugin.order.lock();

@@ -79,6 +79,8 @@ impl Broker {
             .env("MQIM_MQTT_LISTEN", "127.0.0.1:0")
             .env("MQIM_WS_LISTEN", "127.0.0.1:0")
             .env("MQIM_AUTH_HS256_SECRET", SECRET)
+            // Most tests send faster than a person; the rate-limit tests turn it back on.
+            .env("MQIM_MAX_SENDS_PER_SEC", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("MQIM_TEST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,0 +1,77 @@
+//! Abuse limits: per-user send rate and per-address connection rate.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{token, Broker, Device, Proto};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_user_sending_too_fast_gets_rate_limited_and_nothing_extra_is_stored() {
+    let b = Broker::start_with(&[("MQIM_MAX_SENDS_PER_SEC", "2"), ("MQIM_SEND_BURST", "5")]);
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let mut spammer = Device::connect(&b, "spammer", "sp").await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            spammer
+                .request(
+                    json!({"send": {"to": "u:bob", "clientMsgId": format!("s{i}"), "text": "x"}}),
+                )
+                .await,
+        );
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for id in &ids {
+        let r = spammer.reply(id).await;
+        if r.get("sent").is_some() {
+            ok += 1;
+        } else {
+            assert_eq!(r["error"]["code"], "RATE_LIMITED", "{r}");
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "30 sends at once exceed 2/s with bursts of 5");
+    assert!(ok > 0);
+    let (events, _) = bob.sync(0, 100).await;
+    assert_eq!(events.len(), ok, "only accepted sends are stored");
+    // Others are not affected, and the spammer's connection still works.
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    alice.send("bob", "fine", "hello").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = spammer
+        .call(json!({"send": {"to": "u:bob", "clientMsgId": "later", "text": "x"}}))
+        .await;
+    assert!(r.get("sent").is_some(), "the limit recovers: {r}");
+}
+
+#[tokio::test]
+async fn an_address_opening_connections_too_fast_is_refused() {
+    let b = Broker::start_with(&[("MQIM_MAX_CONNECTS_PER_IP", "2")]);
+    let mut refused = 0;
+    let mut kept = Vec::new();
+    for i in 0..12 {
+        match Device::connect_raw(
+            &b,
+            "alice",
+            &format!("d{i}"),
+            &token("alice", 60),
+            Proto::V4,
+        )
+        .await
+        {
+            Ok(d) => kept.push(d),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        refused > 0,
+        "12 connects at once exceed 2/s with bursts of 4"
+    );
+    assert!(!kept.is_empty());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Device::connect_raw(&b, "alice", "later", &token("alice", 60), Proto::V4)
+        .await
+        .expect("the limit recovers");
+}
