@@ -147,3 +147,42 @@ async fn same_user_and_client_id_reconnecting_takes_over_the_old_session() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     old.expect_silence(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn tokens_from_an_external_es256_issuer_are_accepted_when_its_key_is_configured() {
+    let issuer = rcgen::KeyPair::generate().expect("P-256 key");
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("issuer.pem");
+    std::fs::write(&public, issuer.public_key_pem()).unwrap();
+    let config = dir.path().join("mqim.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\npublic_key_file = {:?}\npublic_key_algorithm = \"ES256\"\n",
+            public.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let b = Broker::start_with(&[("MQIM_CONFIG", config.to_str().unwrap())]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |sub: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+            &serde_json::json!({"sub": sub, "exp": now + 600}),
+            &jsonwebtoken::EncodingKey::from_ec_pem(issuer.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    Device::connect_raw(&b, "alice", "ap", &sign("alice"), Proto::V4)
+        .await
+        .expect("the issuer's token for alice lets alice in");
+    let e = refused(&b, "alice", &sign("mallory"), Proto::V4).await;
+    assert!(e.contains("NotAuthorized"), "{e}");
+    // The broker's own HS256 tokens still work beside the external issuer.
+    Device::connect_raw(&b, "bob", "bp", &token("bob", 600), Proto::V5)
+        .await
+        .expect("HS256 token");
+}
