@@ -13,7 +13,7 @@ use mqim_broker::config::Config;
 use mqim_broker::im_glue::ImExtension;
 use mqim_broker::server::Server;
 use mqim_im_plugin::auth::Authenticator;
-use mqim_im_plugin::store::embedded::EmbeddedStore;
+use mqim_im_plugin::store::lsm::LsmStore;
 use mqim_im_plugin::ImPlugin;
 use tracing::info;
 
@@ -73,7 +73,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let auth = Authenticator::load(&cfg.auth, &cfg.data_dir)?;
-    let store = Arc::new(EmbeddedStore::open(&cfg.data_dir)?);
+    // The LSM store: one journal sync per group commit (see BENCHMARKS.md and store_bench).
+    let store = Arc::new(LsmStore::open(&cfg.data_dir)?);
     let plugin = ImPlugin::open(cfg.im.clone(), auth, store.clone()).await?;
     let purge = plugin.spawn_dedup_purge();
     let server = Server::bind(

@@ -12,6 +12,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod lsm;
 
 use async_trait::async_trait;
 use bytes::Bytes;
