@@ -328,6 +328,8 @@ numbers to read are the **mqim / Mosquitto ratios**, not the absolute values.
 
 Run everything: `cargo run --release -p mqim-bench -- all` (or `idle`, `throughput`, `latency`,
 `storm`; `--help` for the knobs). `--quick` runs tiny versions and prints to stdout only.
+
+Where mqim's time and memory go, with the profiles behind it: [`bench/PROFILE.md`](bench/PROFILE.md).
 ";
 
 fn begin_marker(id: &str) -> String {
