@@ -46,8 +46,9 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore, MessageStore,
-    NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult, StreamPage,
+    decode_message, Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore,
+    MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult,
+    StreamPage,
 };
 
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
@@ -662,15 +663,6 @@ impl<'txn> Tables<'txn> {
 /// Key part that sorts newer times first in a forward scan.
 fn newest_first(updated_ms: i64) -> u64 {
     u64::MAX - (updated_ms.max(0) as u64)
-}
-
-fn decode_message(bytes: &[u8]) -> StoreResult<v1::Message> {
-    match Event::decode(bytes).map_err(StoreError::new)?.body {
-        Some(event::Body::Message(m)) => Ok(m),
-        _ => Err(StoreError::new(
-            "history index points at an event that is not a message",
-        )),
-    }
 }
 
 fn make_event(seq: u64, msg: &NewMessage, conversation: String) -> Event {

@@ -55,8 +55,9 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore, MessageStore,
-    NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult, StreamPage,
+    decode_message, Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore,
+    MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult,
+    StreamPage,
 };
 
 const META_MAX_MSG_ID: &[u8] = b"max_msg_id";
@@ -796,15 +797,6 @@ struct InboxUpdate {
     recent_value: [u8; 16],
     old_by_time: Option<Vec<u8>>,
     new_by_time: Vec<u8>,
-}
-
-fn decode_message(bytes: &[u8]) -> StoreResult<v1::Message> {
-    match Event::decode(bytes).map_err(StoreError::new)?.body {
-        Some(event::Body::Message(m)) => Ok(m),
-        _ => Err(StoreError::new(
-            "history index points at an event that is not a message",
-        )),
-    }
 }
 
 /// An i64 whose big-endian bytes sort like the number.

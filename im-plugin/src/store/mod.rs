@@ -17,7 +17,8 @@ pub mod lsm;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use mqim_schemas::v1::{Event, Message};
+use mqim_schemas::v1::{event, Event, Message};
+use prost::Message as _;
 
 /// A message accepted by the domain (validated, msgid assigned), ready to be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,3 +200,13 @@ pub trait InboxStore: Send + Sync + 'static {
 pub trait Store: MessageStore + InboxStore {}
 
 impl<T: MessageStore + InboxStore> Store for T {}
+
+/// Decodes a stored event that must be a message (what the history and recency indexes point at).
+pub(crate) fn decode_message(bytes: &[u8]) -> StoreResult<Message> {
+    match Event::decode(bytes).map_err(StoreError::new)?.body {
+        Some(event::Body::Message(m)) => Ok(m),
+        _ => Err(StoreError::new(
+            "an inbox index points at an event that is not a message",
+        )),
+    }
+}
