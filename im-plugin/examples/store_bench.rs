@@ -5,8 +5,9 @@
 //! system temp dir: put it on the disk you want to measure).
 //!
 //! Options:
-//! - `--backend redb|lsm`: the store to measure (default: `$STORE_BACKEND`, else `redb`): `redb`
-//!   is [`EmbeddedStore`], `lsm` is [`LsmStore`] (fjall).
+//! - `--backend lsm`: the store to measure (default: `$STORE_BACKEND`, else `lsm`): `lsm` is
+//!   [`LsmStore`] (fjall). (The redb backend it was chosen over is gone; its numbers are in git
+//!   history and the session 1 note.)
 //! - `--sync all|data`: how the lsm backend syncs a commit (fsync or fdatasync; default `all`).
 //! - `--rate R`: the paced run's offered load in appends/s (default 5000; 0 skips the run).
 //!
@@ -20,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use mqim_im_plugin::store::embedded::EmbeddedStore;
 use mqim_im_plugin::store::lsm::{LsmStore, SyncMode};
 use mqim_im_plugin::store::{MessageStore, NewMessage, SendOutcome};
 use tokio::task::JoinSet;
@@ -28,13 +28,11 @@ use tokio::task::JoinSet;
 /// Which store to measure.
 #[derive(Clone, Copy, Debug)]
 enum Backend {
-    Redb,
     Lsm(SyncMode),
 }
 
 /// An open store of either backend.
 enum Opened {
-    Redb(Arc<EmbeddedStore>),
     Lsm(Arc<LsmStore>),
 }
 
@@ -63,7 +61,6 @@ impl Stats {
 impl Backend {
     fn open(self, dir: &std::path::Path) -> anyhow::Result<Opened> {
         Ok(match self {
-            Backend::Redb => Opened::Redb(Arc::new(EmbeddedStore::open(dir)?)),
             Backend::Lsm(sync) => Opened::Lsm(Arc::new(LsmStore::open_with(dir, sync)?)),
         })
     }
@@ -72,21 +69,12 @@ impl Backend {
 impl Opened {
     fn store(&self) -> Arc<dyn MessageStore> {
         match self {
-            Opened::Redb(s) => s.clone(),
             Opened::Lsm(s) => s.clone(),
         }
     }
 
     fn stats(&self) -> Stats {
         match self {
-            Opened::Redb(s) => {
-                let w = s.writer_stats();
-                Stats {
-                    batches: w.batches,
-                    requests: w.requests,
-                    commit_micros: None,
-                }
-            }
             Opened::Lsm(s) => {
                 let w = s.writer_stats();
                 Stats {
@@ -107,7 +95,7 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut backend_name = std::env::var("STORE_BACKEND").unwrap_or_else(|_| "redb".into());
+    let mut backend_name = std::env::var("STORE_BACKEND").unwrap_or_else(|_| "lsm".into());
     let mut sync = SyncMode::All;
     let mut rate = 5_000;
     let mut positional = Vec::new();
@@ -133,9 +121,8 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     let backend = match backend_name.as_str() {
-        "redb" => Backend::Redb,
         "lsm" => Backend::Lsm(sync),
-        other => bail!("unknown backend {other:?} (redb|lsm)"),
+        other => bail!("unknown backend {other:?} (lsm)"),
     };
     let mut positional = positional.into_iter();
     let n = match positional.next() {

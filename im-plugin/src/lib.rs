@@ -8,7 +8,7 @@
 //! - `presence`: online devices; `delivery`: live delivery in commit order.
 //! - `msgid`: node-unique, time-ordered message ids.
 //! - `auth`: JWT checking and issuing.
-//! - `store/`: the store traits, their conformance suite and the backends (embedded: redb).
+//! - `store/`: the store traits, their conformance suite and the backends (embedded: fjall; scale-out: Redis index + message log).
 //! - `config`, `error`: settings and the stable error codes; `limits`: the per-user send rate.
 //!
 //! It knows nothing of MQTT packets or sockets: the connection layer reaches it through

@@ -980,7 +980,7 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::store::embedded::EmbeddedStore;
+    use crate::store::lsm::LsmStore;
     use crate::store::{StoreResult, StreamPage};
 
     #[derive(Clone, Copy, Debug)]
@@ -1004,7 +1004,7 @@ mod tests {
     }
 
     struct Faulty {
-        inner: Arc<EmbeddedStore>,
+        inner: Arc<LsmStore>,
         fault: Fault,
         appends: AtomicU64,
         latest_msg_id: AtomicU64,
@@ -1145,7 +1145,7 @@ mod tests {
     /// Whether `case` passes against a fresh store with `fault`.
     async fn passes(case_name: &str, fault: Fault) -> bool {
         let dir = tempfile::TempDir::new().expect("temp dir");
-        let inner = Arc::new(EmbeddedStore::open(dir.path()).expect("open store"));
+        let inner = Arc::new(LsmStore::open(dir.path()).expect("open store"));
         let store: Arc<dyn MessageStore> = Arc::new(Faulty {
             inner,
             fault,

@@ -54,6 +54,7 @@ use mqim_schemas::v1::{self, event, Event};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
+use super::log::{MessageLog, MessageSeqs};
 use super::{
     decode_message, Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore,
     MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult,
@@ -183,6 +184,17 @@ enum Op {
         conversation: String,
         up_to: u64,
     },
+    /// Log mode ([`MessageLog`]): a message at seqs the index allocated.
+    LogMessage {
+        msg: NewMessage,
+        seqs: MessageSeqs,
+        deadline: Instant,
+    },
+    /// Log mode: events at seqs the index allocated.
+    LogEvents {
+        events: Vec<(String, Event)>,
+        deadline: Instant,
+    },
 }
 
 enum Output {
@@ -191,6 +203,7 @@ enum Output {
     Cursor(u64),
     Purged(usize),
     Read(Box<ReadOutcome>),
+    Logged,
 }
 
 impl LsmStore {
@@ -459,7 +472,119 @@ impl<'a> Pending<'a> {
             } => self
                 .mark_read(user, conversation, *up_to)
                 .map(|o| Output::Read(Box::new(o))),
+            Op::LogMessage {
+                msg,
+                seqs,
+                deadline,
+            } => {
+                check_deadline(*deadline)?;
+                self.log_message(msg, *seqs)
+                    .map(|o| Output::Sent(Box::new(o)))
+            }
+            Op::LogEvents { events, deadline } => {
+                check_deadline(*deadline)?;
+                self.log_events(events).map(|()| Output::Logged)
+            }
         }
+    }
+
+    /// Log mode: the message's copies at the given seqs, its history rows and dedup entry; or,
+    /// for a resend, gap placeholders at those seqs. No unread or recency rows: the index keeps
+    /// those.
+    fn log_message(&mut self, msg: &NewMessage, seqs: MessageSeqs) -> StoreResult<SendOutcome> {
+        let dedup_key = checked_key(pair_key(&msg.from, msg.client_msg_id.as_bytes()))?;
+        let copies: Vec<(&str, u64, String)> = std::iter::once((
+            msg.from.as_str(),
+            seqs.sender,
+            format!("u:{}", msg.to),
+        ))
+        .chain(
+            seqs.recipient
+                .filter(|_| msg.to != msg.from)
+                .map(|seq| (msg.to.as_str(), seq, format!("u:{}", msg.from))),
+        )
+        .collect();
+        if let Some(original) = self.get(Table::Dedup, &dedup_key)? {
+            let original = decode_dedup(&original)?.0;
+            let gaps: Vec<(String, Event)> = copies
+                .iter()
+                .map(|(owner, seq, _)| (owner.to_string(), gap_event(*seq)))
+                .collect();
+            self.log_events(&gaps)?;
+            return Ok(SendOutcome::Duplicate(original));
+        }
+        let by_time_key = checked_key(by_time_key(msg.ts, &msg.from, &msg.client_msg_id))?;
+        let mut rows = Vec::with_capacity(copies.len());
+        for (owner, seq, conversation) in &copies {
+            let event = make_event(*seq, msg, conversation.clone());
+            let row = event_row(owner, &event)?;
+            let mut index_key = checked_key(user_conv_key(owner, conversation))?;
+            index_key.extend_from_slice(&msg.msg_id.to_be_bytes());
+            let last = self.get_u64(Table::LastSeq, owner.as_bytes(), "last seq")?;
+            rows.push((*owner, event, row, index_key, last));
+        }
+        let sent = SentRecord {
+            msg_id: msg.msg_id,
+            seq: seqs.sender,
+            conversation: copies[0].2.clone(),
+            ts: msg.ts,
+        };
+        let dedup_value = checked_value(encode_dedup(&sent, msg.ts))?;
+        let max = self.get_u64(Table::Meta, META_MAX_MSG_ID, "max msg_id")?;
+
+        // Writes: nothing below can fail.
+        let mut events = Vec::with_capacity(rows.len());
+        for (owner, event, row, index_key, last) in rows {
+            if event.seq > last {
+                self.put(
+                    Table::LastSeq,
+                    owner.as_bytes().to_vec(),
+                    u64_value(event.seq),
+                );
+            }
+            self.batch.insert(&self.ks.events, row.0, row.1);
+            self.batch
+                .insert(&self.ks.conv_index, index_key, u64_value(event.seq));
+            events.push(event);
+        }
+        self.put(Table::Dedup, dedup_key, Slice::from(dedup_value));
+        self.batch
+            .insert(&self.ks.dedup_by_time, by_time_key, Vec::new());
+        if msg.msg_id > max {
+            self.put(Table::Meta, META_MAX_MSG_ID.to_vec(), u64_value(msg.msg_id));
+        }
+        let mut events = events.into_iter();
+        Ok(SendOutcome::Fresh(Appended {
+            sent,
+            sender_event: events.next().unwrap_or_default(),
+            recipient_event: events.next(),
+        }))
+    }
+
+    /// Log mode: events at given seqs, each in its owner's stream.
+    fn log_events(&mut self, events: &[(String, Event)]) -> StoreResult<()> {
+        let mut rows = Vec::with_capacity(events.len());
+        let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
+        for (owner, event) in events {
+            rows.push(event_row(owner, event)?);
+            if !last.contains_key(owner.as_str()) {
+                let stored = self.get_u64(Table::LastSeq, owner.as_bytes(), "last seq")?;
+                last.insert(owner, (stored, stored));
+            }
+            if let Some((_, new)) = last.get_mut(owner.as_str()) {
+                *new = (*new).max(event.seq);
+            }
+        }
+        // Writes: nothing below can fail.
+        for (owner, (stored, new)) in last {
+            if new > stored {
+                self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(new));
+            }
+        }
+        for row in rows {
+            self.batch.insert(&self.ks.events, row.0, row.1);
+        }
+        Ok(())
     }
 
     /// Everything that can fail (reads, decoding, key checks) happens before the first write, so
@@ -894,6 +1019,25 @@ fn event_row(user: &str, event: &Event) -> StoreResult<(Vec<u8>, Slice)> {
     Ok((key, Slice::from(value)))
 }
 
+/// Refuses a log write whose deadline has passed: the index may already treat its seqs as holes.
+/// Checked as the batch is built; the commit that follows takes milliseconds, far inside the
+/// margin the split store keeps between the deadline and calling a hole a gap.
+fn check_deadline(deadline: Instant) -> StoreResult<()> {
+    if Instant::now() >= deadline {
+        return Err(StoreError::new(
+            "the log write's deadline passed before it could be written",
+        ));
+    }
+    Ok(())
+}
+
+fn gap_event(seq: u64) -> Event {
+    Event {
+        seq,
+        body: Some(event::Body::Gap(v1::Gap {})),
+    }
+}
+
 fn make_event(seq: u64, msg: &NewMessage, conversation: String) -> Event {
     Event {
         seq,
@@ -1107,6 +1251,82 @@ impl InboxStore for LsmStore {
             Ok(page)
         })
         .await
+    }
+}
+
+/// Log mode: the LSM store as the durable half of a [`super::split::SplitStore`] on one node
+/// (Redis keeps the seq counters and the inbox index). It writes at the seqs it is given and keeps
+/// none of the unread or recency rows; one data dir is used in one mode only.
+#[async_trait]
+impl MessageLog for LsmStore {
+    fn log_message(
+        &self,
+        msg: NewMessage,
+        seqs: MessageSeqs,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<SendOutcome>> {
+        let answer = self.enqueue(Op::LogMessage {
+            msg,
+            seqs,
+            deadline,
+        });
+        Box::pin(async move {
+            match answer?.await.map_err(|_| writer_gone())?? {
+                Output::Sent(outcome) => Ok(*outcome),
+                _ => Err(unexpected_output()),
+            }
+        })
+    }
+
+    fn log_events(
+        &self,
+        events: Vec<(String, Event)>,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<()>> {
+        let answer = self.enqueue(Op::LogEvents { events, deadline });
+        Box::pin(async move {
+            match answer?.await.map_err(|_| writer_gone())?? {
+                Output::Logged => Ok(()),
+                _ => Err(unexpected_output()),
+            }
+        })
+    }
+
+    async fn read_events(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        Ok(MessageStore::read_stream(self, user, after_seq, limit)
+            .await?
+            .events)
+    }
+
+    async fn max_seq(&self, user: &str) -> StoreResult<u64> {
+        MessageStore::last_seq(self, user).await
+    }
+
+    async fn max_msg_id(&self) -> StoreResult<u64> {
+        MessageStore::max_msg_id(self).await
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        conversation: &str,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<HistoryPage> {
+        InboxStore::history(self, user, conversation, before_msg_id, limit).await
+    }
+
+    async fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> StoreResult<u64> {
+        MessageStore::advance_cursor(self, user, device, seq).await
+    }
+
+    async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize> {
+        MessageStore::purge_dedup(self, before_ts_ms).await
     }
 }
 

@@ -11,8 +11,11 @@
 //! - seqs start at 1 per user and are never skipped, reused or reordered.
 
 pub mod conformance;
-pub mod embedded;
+pub mod log;
 pub mod lsm;
+pub mod redis_index;
+pub mod scylla_log;
+pub mod split;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,0 +1,92 @@
+//! The durable half of a split store: the message log.
+//!
+//! In the scale-out shape, Redis holds what must be fast and shared (seq counters, the unread
+//! index, recency, the resend-dedup cache) and a [`MessageLog`] holds what must never be lost:
+//! every user's event stream at the seqs the index allocated, the messages of each conversation
+//! for history, the durable dedup records and device cursors. [`super::split::SplitStore`] combines
+//! the two into a [`super::Store`]; the log backends are [`super::lsm::LsmStore`] (one node, on its
+//! own disk) and `ScyllaLog` (ScyllaDB, shared by every node).
+//!
+//! A log never allocates seqs: it writes where it is told. A seq the index handed out but whose
+//! write never landed is a hole; the split store turns a hole that can no longer be filled into a
+//! `gap` placeholder event. Deadlines make "can no longer be filled" decidable: a write is refused
+//! once its deadline has passed, so a hole older than the longest deadline stays a hole.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use mqim_schemas::v1::Event;
+
+use super::{HistoryPage, NewMessage, SendOutcome, StoreResult};
+
+/// The seqs the index allocated for one message's copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageSeqs {
+    /// The sender's copy, in the sender's stream.
+    pub sender: u64,
+    /// The recipient's copy, in the recipient's stream; `None` for a note to self.
+    pub recipient: Option<u64>,
+}
+
+/// The durable message log. Implementations: [`super::lsm::LsmStore`] and `ScyllaLog`.
+///
+/// Contract (checked through [`super::split::SplitStore`] by the shared conformance suite):
+/// - [`MessageLog::log_message`] writes, durably and atomically where the backend can: the
+///   sender's copy at `seqs.sender` (conversation `u:<to>`), the recipient's copy at
+///   `seqs.recipient` (conversation `u:<from>`), both history entries, the dedup record
+///   (from, client_msg_id) -> the [`super::SentRecord`], and raises the stored max msg_id. If that
+///   dedup record already exists (a resend), it writes a `gap` event at each given seq instead,
+///   so the seqs do not become holes, and returns [`SendOutcome::Duplicate`] with the original.
+/// - Both writes are *enqueued at the call*: writes apply in call order.
+/// - A write whose `deadline` has passed before it becomes durable is refused with
+///   [`super::StoreError`] and leaves nothing behind, then or later.
+/// - Events are immutable once written; writing a seq that already holds an event is a bug of the
+///   caller, not something the log has to detect.
+#[async_trait]
+pub trait MessageLog: Send + Sync + 'static {
+    /// See the trait's contract. The returned [`super::Appended`] carries the events as written.
+    fn log_message(
+        &self,
+        msg: NewMessage,
+        seqs: MessageSeqs,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<SendOutcome>>;
+
+    /// Durably writes `events` (read receipts, gap placeholders), each `(owner, event)` in its
+    /// owner's stream at `event.seq`. Same call-order and deadline rules as `log_message`.
+    fn log_events(
+        &self,
+        events: Vec<(String, Event)>,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// Events of `user` with seq > `after_seq`, ascending, at most `limit`. Seqs never written are
+    /// simply absent (the split store decides what a hole means).
+    async fn read_events(&self, user: &str, after_seq: u64, limit: usize)
+        -> StoreResult<Vec<Event>>;
+
+    /// The highest seq written in `user`'s stream (0 if none): where a lost seq counter resumes.
+    async fn max_seq(&self, user: &str) -> StoreResult<u64>;
+
+    /// The highest msg_id ever logged (0 if none).
+    async fn max_msg_id(&self) -> StoreResult<u64>;
+
+    /// Messages of `conversation` as `user` sees it, newest first, with msgid below
+    /// `before_msg_id` (all if `None`), at most `limit`; `has_more` if older ones exist.
+    async fn history(
+        &self,
+        user: &str,
+        conversation: &str,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<HistoryPage>;
+
+    /// Moves the device's cursor forward to `seq` (never backwards; the caller has already
+    /// clamped `seq` to the stream's end). Returns the cursor after the call.
+    async fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> StoreResult<u64>;
+
+    /// Removes dedup records made before `before_ts_ms` (a backend with native expiry may do
+    /// nothing and return 0). Returns how many were removed.
+    async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize>;
+}
