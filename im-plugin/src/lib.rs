@@ -25,6 +25,7 @@ pub mod ops;
 pub mod plugin;
 pub mod presence;
 pub mod store;
+pub mod testing;
 pub mod topics;
 pub mod wire;
 

@@ -63,8 +63,12 @@ pub trait MessageLog: Send + Sync + 'static {
 
     /// Events of `user` with seq > `after_seq`, ascending, at most `limit`. Seqs never written are
     /// simply absent (the split store decides what a hole means).
-    async fn read_events(&self, user: &str, after_seq: u64, limit: usize)
-        -> StoreResult<Vec<Event>>;
+    async fn read_events(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>>;
 
     /// The highest seq written in `user`'s stream (0 if none): where a lost seq counter resumes.
     async fn max_seq(&self, user: &str) -> StoreResult<u64>;

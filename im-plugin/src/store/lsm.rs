@@ -54,7 +54,7 @@ use mqim_schemas::v1::{self, event, Event};
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::{MessageLog, MessageSeqs};
+use super::log::MessageSeqs;
 use super::{
     decode_message, Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore,
     MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult,
@@ -493,17 +493,14 @@ impl<'a> Pending<'a> {
     /// those.
     fn log_message(&mut self, msg: &NewMessage, seqs: MessageSeqs) -> StoreResult<SendOutcome> {
         let dedup_key = checked_key(pair_key(&msg.from, msg.client_msg_id.as_bytes()))?;
-        let copies: Vec<(&str, u64, String)> = std::iter::once((
-            msg.from.as_str(),
-            seqs.sender,
-            format!("u:{}", msg.to),
-        ))
-        .chain(
-            seqs.recipient
-                .filter(|_| msg.to != msg.from)
-                .map(|seq| (msg.to.as_str(), seq, format!("u:{}", msg.from))),
-        )
-        .collect();
+        let copies: Vec<(&str, u64, String)> =
+            std::iter::once((msg.from.as_str(), seqs.sender, format!("u:{}", msg.to)))
+                .chain(
+                    seqs.recipient
+                        .filter(|_| msg.to != msg.from)
+                        .map(|seq| (msg.to.as_str(), seq, format!("u:{}", msg.from))),
+                )
+                .collect();
         if let Some(original) = self.get(Table::Dedup, &dedup_key)? {
             let original = decode_dedup(&original)?.0;
             let gaps: Vec<(String, Event)> = copies
@@ -1258,7 +1255,7 @@ impl InboxStore for LsmStore {
 /// (Redis keeps the seq counters and the inbox index). It writes at the seqs it is given and keeps
 /// none of the unread or recency rows; one data dir is used in one mode only.
 #[async_trait]
-impl MessageLog for LsmStore {
+impl super::log::MessageLog for LsmStore {
     fn log_message(
         &self,
         msg: NewMessage,
