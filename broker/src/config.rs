@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use mqim_im_plugin::config::{AuthConfig, ImConfig};
+use mqim_im_plugin::config::{AuthConfig, ImConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{Access, Rule};
@@ -21,6 +21,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub auth: AuthConfig,
     pub im: ImConfig,
+    /// Embedded store (default) or Redis index + message log.
+    pub store: StoreConfig,
     /// Access rules for topics outside `im/` (deny by default).
     pub acl: Vec<Rule>,
 }
@@ -66,6 +68,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             auth: AuthConfig::default(),
             im: ImConfig::default(),
+            store: StoreConfig::default(),
             acl: vec![Rule {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
@@ -150,6 +153,15 @@ impl Config {
         if let Some(v) = get("MQIM_SEND_BURST") {
             self.im.send_burst = v.parse().context("MQIM_SEND_BURST")?;
         }
+        if let Some(v) = get("MQIM_STORE_BACKEND") {
+            self.store.backend = v
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))
+                .context("MQIM_STORE_BACKEND")?;
+        }
+        if let Some(v) = get("MQIM_REDIS_URL") {
+            self.store.redis.url = v;
+        }
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
@@ -203,13 +215,42 @@ impl Config {
         if c.auth.hs256_secret.is_some() {
             c.auth.hs256_secret = Some("***".into());
         }
+        c.store.redis.url = redact_url_password(&c.store.redis.url);
         toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+/// `redis://user:secret@host/` -> `redis://user:***@host/`.
+fn redact_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let auth = &url[scheme + 3..at];
+            match auth.find(':') {
+                Some(colon) => {
+                    format!("{}{}:***{}", &url[..scheme + 3], &auth[..colon], &url[at..])
+                }
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_store_urls_are_not_logged() {
+        assert_eq!(
+            redact_url_password("redis://app:s3cret@10.0.0.1:6379/0"),
+            "redis://app:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://10.0.0.1/"),
+            "redis://10.0.0.1/"
+        );
+    }
 
     #[test]
     fn shipped_config_file_parses_to_the_built_in_defaults() {

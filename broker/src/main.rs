@@ -13,7 +13,7 @@ use mqim_broker::config::Config;
 use mqim_broker::im_glue::ImExtension;
 use mqim_broker::server::Server;
 use mqim_im_plugin::auth::Authenticator;
-use mqim_im_plugin::store::lsm::LsmStore;
+use mqim_im_plugin::store;
 use mqim_im_plugin::ImPlugin;
 use tracing::info;
 
@@ -54,7 +54,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
+            // Logs go to stderr; stdout carries only the machine-readable listening line.
             tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
@@ -73,8 +75,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let auth = Authenticator::load(&cfg.auth, &cfg.data_dir)?;
-    // The LSM store: one journal sync per group commit (see BENCHMARKS.md and store_bench).
-    let store = Arc::new(LsmStore::open(&cfg.data_dir)?);
+    // Embedded: the LSM store, one journal sync per group commit (see BENCHMARKS.md).
+    // Scale-out: the Redis index over a message log (see README, "Scale-out").
+    let store = store::open(&cfg.store, &cfg.data_dir, cfg.im.dedup_ttl_secs)
+        .await
+        .context("opening the store")?;
     let plugin = ImPlugin::open(cfg.im.clone(), auth, store.clone()).await?;
     let purge = plugin.spawn_dedup_purge();
     let server = Server::bind(

@@ -51,3 +51,39 @@ pub struct AuthConfig {
     /// `"RS256"` or `"ES256"`.
     pub public_key_algorithm: Option<String>,
 }
+
+/// Which store backs the IM service (the `[store]` section).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// The Redis index (backends `redis+embedded` and `redis+scylla`).
+    pub redis: crate::store::redis_index::RedisConfig,
+}
+
+/// The store's shape.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// Everything in `data_dir` (fjall): one process, no external services.
+    #[default]
+    #[serde(rename = "embedded")]
+    Embedded,
+    /// Seq counters, unread index, recency and dedup cache in Redis; the message log in
+    /// `data_dir`. One node (the log is local), but the Redis code runs for real.
+    #[serde(rename = "redis+embedded")]
+    RedisEmbedded,
+}
+
+impl std::str::FromStr for StoreBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "embedded" => Ok(StoreBackend::Embedded),
+            "redis+embedded" => Ok(StoreBackend::RedisEmbedded),
+            other => Err(format!(
+                "unknown store backend {other:?}: embedded or redis+embedded"
+            )),
+        }
+    }
+}

@@ -1,10 +1,12 @@
-//! Unread counts, conversations, read receipts and history through the real broker.
+//! Unread counts, conversations, read receipts and history through the real broker, on both
+//! store shapes: the embedded default and the Redis index over the embedded log (a real
+//! `redis-server` per test, on a free port).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{seq, Broker, Device};
+use common::{seq, Broker, Device, RedisBroker};
 use serde_json::{json, Value};
 
 async fn unread(d: &mut Device, conversation: &str) -> u64 {
@@ -20,9 +22,7 @@ async fn unread(d: &mut Device, conversation: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn unread_goes_0_3_0_across_two_devices_and_the_peer_gets_a_receipt() {
-    let b = Broker::start();
+async fn unread_goes_0_3_0_across_two_devices_and_the_peer_gets_a_receipt(b: Broker) {
     let mut phone = Device::connect(&b, "bob", "phone").await;
     let mut laptop = Device::connect(&b, "bob", "laptop").await;
     let mut alice = Device::connect(&b, "alice", "ap").await;
@@ -91,9 +91,7 @@ async fn unread_goes_0_3_0_across_two_devices_and_the_peer_gets_a_receipt() {
     assert_eq!(unread(&mut alice, "u:bob").await, 0);
 }
 
-#[tokio::test]
-async fn conversations_list_newest_activity_first_with_the_last_message() {
-    let b = Broker::start();
+async fn conversations_list_newest_activity_first_with_the_last_message(b: Broker) {
     let mut bob = Device::connect(&b, "bob", "bp").await;
     for peer in ["alice", "carol", "dave"] {
         let mut d = Device::connect(&b, peer, "d").await;
@@ -118,9 +116,7 @@ async fn conversations_list_newest_activity_first_with_the_last_message() {
     assert_eq!(r["error"]["code"], "INVALID_ARGUMENT");
 }
 
-#[tokio::test]
-async fn history_pages_backwards_without_gaps_or_repeats() {
-    let b = Broker::start();
+async fn history_pages_backwards_without_gaps_or_repeats(b: Broker) {
     let mut alice = Device::connect(&b, "alice", "ap").await;
     let mut bob = Device::connect(&b, "bob", "bp").await;
     let mut sent = Vec::new();
@@ -160,3 +156,28 @@ async fn history_pages_backwards_without_gaps_or_repeats() {
         .await;
     assert_eq!(r["error"]["code"], "INVALID_ARGUMENT");
 }
+
+/// Each scenario once per store shape.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Broker::start()).await;
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                let rb = super::RedisBroker::start();
+                super::$name(rb.broker).await;
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    unread_goes_0_3_0_across_two_devices_and_the_peer_gets_a_receipt,
+    conversations_list_newest_activity_first_with_the_last_message,
+    history_pages_backwards_without_gaps_or_repeats,
+);

@@ -213,3 +213,49 @@ pub(crate) fn decode_message(bytes: &[u8]) -> StoreResult<Message> {
         )),
     }
 }
+
+/// Opens the store `cfg` describes, with its durable data under `data_dir`.
+///
+/// A data dir remembers the shape it was first used with (`store-mode`): the embedded store keeps
+/// its own unread and recency rows, which a split store does not maintain, so going back from a
+/// split store to the embedded one would show stale counts and is refused.
+pub async fn open(
+    cfg: &crate::config::StoreConfig,
+    data_dir: &std::path::Path,
+    dedup_ttl_secs: u64,
+) -> StoreResult<std::sync::Arc<dyn Store>> {
+    use crate::config::StoreBackend;
+    use std::sync::Arc;
+
+    let mode_file = data_dir.join("store-mode");
+    let mode = match cfg.backend {
+        StoreBackend::Embedded => "embedded",
+        StoreBackend::RedisEmbedded => "redis+embedded",
+    };
+    match std::fs::read_to_string(&mode_file) {
+        Ok(before) if before.trim() == "embedded" || before.trim() == mode => {}
+        Ok(before) => {
+            return Err(StoreError(format!(
+                "{} was used with the {:?} store; its unread and recency data live there, \
+                 so it cannot be opened as {mode:?}",
+                data_dir.display(),
+                before.trim()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::new(e)),
+    }
+    let log = Arc::new(lsm::LsmStore::open(data_dir)?);
+    std::fs::write(&mode_file, format!("{mode}\n")).map_err(StoreError::new)?;
+    Ok(match cfg.backend {
+        StoreBackend::Embedded => log,
+        StoreBackend::RedisEmbedded => {
+            let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
+            Arc::new(split::SplitStore::new(
+                index,
+                log,
+                split::SplitOptions::default(),
+            ))
+        }
+    })
+}

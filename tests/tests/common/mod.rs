@@ -39,6 +39,24 @@ pub fn mqim_bin() -> PathBuf {
     .clone()
 }
 
+/// A broker on the split store: a real `redis-server` of its own (free port, no persistence) as
+/// the index, the embedded log in the broker's data dir.
+pub struct RedisBroker {
+    pub broker: Broker,
+    pub redis: mqim_im_plugin::testing::RedisServer,
+}
+
+impl RedisBroker {
+    pub fn start() -> RedisBroker {
+        let redis = mqim_im_plugin::testing::RedisServer::start();
+        let broker = Broker::start_with(&[
+            ("MQIM_STORE_BACKEND", "redis+embedded"),
+            ("MQIM_REDIS_URL", &redis.url()),
+        ]);
+        RedisBroker { broker, redis }
+    }
+}
+
 /// A running broker. Killed when dropped; the data dir lives as long as this value.
 pub struct Broker {
     pub dir: tempfile::TempDir,
