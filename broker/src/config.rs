@@ -162,6 +162,18 @@ impl Config {
         if let Some(v) = get("MQIM_REDIS_URL") {
             self.store.redis.url = v;
         }
+        if let Some(v) = get("MQIM_SCYLLA_NODES") {
+            self.store.scylla.nodes = v.split(',').map(|n| n.trim().to_string()).collect();
+        }
+        if let Some(v) = get("MQIM_SCYLLA_KEYSPACE") {
+            self.store.scylla.keyspace = v;
+        }
+        if let Some(v) = get("MQIM_SCYLLA_USERNAME") {
+            self.store.scylla.username = Some(v);
+        }
+        if let Some(v) = get("MQIM_SCYLLA_PASSWORD") {
+            self.store.scylla.password = Some(v);
+        }
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
@@ -216,6 +228,9 @@ impl Config {
             c.auth.hs256_secret = Some("***".into());
         }
         c.store.redis.url = redact_url_password(&c.store.redis.url);
+        if c.store.scylla.password.is_some() {
+            c.store.scylla.password = Some("***".into());
+        }
         toml::to_string(&c).unwrap_or_default()
     }
 }

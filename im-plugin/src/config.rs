@@ -59,6 +59,8 @@ pub struct StoreConfig {
     pub backend: StoreBackend,
     /// The Redis index (backends `redis+embedded` and `redis+scylla`).
     pub redis: crate::store::redis_index::RedisConfig,
+    /// The ScyllaDB message log (backend `redis+scylla`).
+    pub scylla: crate::store::scylla_log::ScyllaLogConfig,
 }
 
 /// The store's shape.
@@ -72,6 +74,9 @@ pub enum StoreBackend {
     /// `data_dir`. One node (the log is local), but the Redis code runs for real.
     #[serde(rename = "redis+embedded")]
     RedisEmbedded,
+    /// The Redis index over a ScyllaDB message log: any number of nodes share both.
+    #[serde(rename = "redis+scylla")]
+    RedisScylla,
 }
 
 impl std::str::FromStr for StoreBackend {
@@ -81,8 +86,9 @@ impl std::str::FromStr for StoreBackend {
         match s {
             "embedded" => Ok(StoreBackend::Embedded),
             "redis+embedded" => Ok(StoreBackend::RedisEmbedded),
+            "redis+scylla" => Ok(StoreBackend::RedisScylla),
             other => Err(format!(
-                "unknown store backend {other:?}: embedded or redis+embedded"
+                "unknown store backend {other:?}: embedded, redis+embedded or redis+scylla"
             )),
         }
     }

@@ -227,10 +227,19 @@ pub async fn open(
     use crate::config::StoreBackend;
     use std::sync::Arc;
 
+    if cfg.backend == StoreBackend::RedisScylla {
+        let mut scylla = cfg.scylla.clone();
+        // One dedup horizon for the whole service.
+        scylla.dedup_ttl_secs = u32::try_from(dedup_ttl_secs).unwrap_or(u32::MAX);
+        let log = Arc::new(scylla_log::ScyllaLog::connect(&scylla).await?);
+        let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
+        let opts = split::SplitOptions::default();
+        return Ok(Arc::new(split::SplitStore::new(index, log, opts)));
+    }
     let mode_file = data_dir.join("store-mode");
     let mode = match cfg.backend {
         StoreBackend::Embedded => "embedded",
-        StoreBackend::RedisEmbedded => "redis+embedded",
+        _ => "redis+embedded",
     };
     match std::fs::read_to_string(&mode_file) {
         Ok(before) if before.trim() == "embedded" || before.trim() == mode => {}
@@ -247,15 +256,10 @@ pub async fn open(
     }
     let log = Arc::new(lsm::LsmStore::open(data_dir)?);
     std::fs::write(&mode_file, format!("{mode}\n")).map_err(StoreError::new)?;
-    Ok(match cfg.backend {
-        StoreBackend::Embedded => log,
-        StoreBackend::RedisEmbedded => {
-            let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
-            Arc::new(split::SplitStore::new(
-                index,
-                log,
-                split::SplitOptions::default(),
-            ))
-        }
-    })
+    if cfg.backend == StoreBackend::Embedded {
+        return Ok(log);
+    }
+    let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
+    let opts = split::SplitOptions::default();
+    Ok(Arc::new(split::SplitStore::new(index, log, opts)))
 }

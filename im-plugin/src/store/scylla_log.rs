@@ -1,1 +1,1744 @@
-//! Being written (session 2).
+//! The ScyllaDB message log: a [`MessageLog`] shared by every broker node of a scale-out cluster.
+//!
+//! This file owns the log's CQL schema (keyspace, tables, keys, value encodings), its prepared
+//! statements and the writer task that applies writes in call order. It must not allocate seqs
+//! (the index does, [`MessageLog`] writes where it is told), know about MQTT or the unread index,
+//! or interpret a hole: [`MessageLog::read_events`] returns what is there and nothing else.
+//!
+//! Layout (keyspace from [`ScyllaLogConfig::keyspace`], created at start-up if missing, as are the
+//! tables). `bucket` is `seq >> 12` (4096 seqs per events partition); `day` is `(msg_id >> 22) /
+//! 86_400_000`, the msgid's day counted from the msgid epoch 2024-01-01 UTC (`crate::msgid`);
+//! `(a, b)` is the unordered pair of users, smaller first. Bytes are per message, per replica,
+//! before compaction, for user ids of ~10 bytes, a 36-byte clientMsgId and content of `c` bytes:
+//! - `events ((owner, bucket), seq) -> event blob`: each user's stream, the protobuf [`Event`] with its
+//!   seq filled in. Bounded partitions: at most 4096 events each (~0.6 MB of typical messages,
+//!   256 MB if all carried 64 KiB). Two rows per message (one for a note to self), ~140 + c each.
+//! - `event_buckets ((owner), bucket DESC)`: the buckets a user has written. `max_seq` starts at the
+//!   newest and `read_events` skips to the next one, however many there are. Rewritten with every
+//!   event (~45 bytes, two per message), one live row per 4096 seqs after compaction.
+//! - `history ((a, b, day), msg_id DESC) -> message blob`: one row per message (~140 + c), the
+//!   protobuf `Message` with an empty `conversation`, filled in as the reader sees it on the way
+//!   out (`u:<peer>`), so both users read the same row.
+//! - `history_days ((a, b), day DESC)`: the days a pair talked (~45 bytes per message, one live
+//!   row per pair and day). History pages backwards through these, so it never walks empty days
+//!   and stops at the pair's first day.
+//! - `dedup ((sender, client_msg_id)) -> msg_id, seq, conversation, ts, deadline_ms`: the
+//!   original [`SentRecord`] plus the wall-clock deadline of the attempt that wrote it (~120
+//!   bytes, plus about as much of Paxos state), written `USING TTL dedup_ttl_secs` (default
+//!   24 h). Expiry is native, so [`MessageLog::purge_dedup`] does nothing and returns 0.
+//! - `cursors ((owner), device) -> seq`: device cursors (not written per message).
+//! - `max_msg_id ((slot)) -> msg_id`: one row per msgid node id (`(msg_id >> 12) & 1023`), ~25
+//!   bytes per message. Written `USING TIMESTAMP` = the msgid's own time in microseconds (plus
+//!   the in-millisecond counter, capped at 999), so the highest msgid wins whatever order the
+//!   writes arrive in; ties within one millisecond go to the larger value (ScyllaDB compares live
+//!   cells of equal timestamp by value: `docs/dev/timestamp-conflict-resolution.md`). No LWT
+//!   on the hot path, no cluster-wide hot row; `max_msg_id` reads at most 1024 rows at start-up.
+//! - `meta ((name)) -> n`: `schema_version`, so an old binary refuses a newer layout.
+//!
+//! Durable total: ~560 bytes + 3c per message per replica; the logged batch also passes through
+//! the batchlog of two other nodes (written, then deleted).
+//!
+//! Writes. [`MessageLog::log_message`] runs: (a) a conditional `INSERT INTO dedup ... IF NOT
+//! EXISTS` (LWT, LOCAL_SERIAL); (b) if applied, one LOGGED batch with both event rows, their
+//! bucket rows, the history rows and the max msg_id: ScyllaDB cannot make a batch over several
+//! partitions conditional, hence two steps. The logged batch lands whole or not at all
+//! (eventually: the batchlog replays it if the coordinator dies). (c) If the dedup record exists,
+//! it is a resend: the original's sender event is read at its recorded seq. There: the resend
+//! is a [`SendOutcome::Duplicate`]. Absent (or a gap): the original failed or is in flight; while
+//! it could still land (before its deadline plus [`ScyllaLogConfig::takeover_grace_ms`]) the call
+//! fails and the client retries later; after that, the resend takes the record over (`UPDATE ...
+//! IF msg_id = <original>`, so of two racing resends one wins) and writes fresh. Every call that
+//! does not write the message fresh writes `gap` events at the seqs it was given, so they never
+//! stay holes. An attempt that claimed the record but sent no batch (its deadline passed first)
+//! deletes the record again (`DELETE ... IF msg_id = <its own>`, best effort), so its resend is
+//! accepted at once instead of after the grace.
+//!
+//! Call order. The call enqueues a job on a bounded queue ([`ScyllaLogConfig::queue_capacity`]; a
+//! full queue fails the call at once). One writer task starts jobs strictly in queue order, up to
+//! [`ScyllaLogConfig::max_in_flight`] at a time, and never starts a job while an earlier one
+//! touching one of its users (sender, recipient, event owners) runs: jobs that could observe each
+//! other apply in call order, disjoint ones overlap. The head of the queue waits for its users,
+//! so one busy user delays the jobs queued behind it. A message costs one LWT plus one logged
+//! batch, ~3-5 ms within a datacenter: ~250 messages/s per sending user, and up to
+//! `max_in_flight` times that (64: ~15k/s) per node while the users differ.
+//!
+//! Deadlines. A job whose deadline has passed when it starts, or before any of its requests, fails
+//! and writes nothing more; each request's client-side timeout is the time left (at most
+//! [`ScyllaLogConfig::request_timeout_ms`]). Residual risk: a request the driver gave up on may
+//! still be applied by its coordinator, up to ScyllaDB's write timeout later, or, for a logged
+//! batch whose coordinator died, whenever the batchlog replays it. A late write within the grace
+//! is harmless: a resend waits for it and then finds it. One later still (a batchlog replayed
+//! after a long outage) can duplicate a message that a resend took over, and can land after the
+//! split store wrote a `gap` over its seqs, replacing the gap with the message: events are then
+//! not immutable. Server-side timeouts (`USING TIMEOUT`) would narrow the first case, not the
+//! second.
+//!
+//! Consistency. LOCAL_QUORUM for reads and writes: with RF 3, a read overlaps every acknowledged
+//! write in the local datacenter (the resend check, `sync` after `sent` and `max_seq` after a
+//! restart rely on that), survives one replica down, and never waits for another datacenter.
+//! LWTs use LOCAL_SERIAL: dedup and cursors are linearizable within a datacenter only, so a resend
+//! that reaches another datacenter before replication may be stored twice.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, TryStreamExt as _};
+use mqim_schemas::v1::{self, event, Event};
+use prost::Message as _;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::{Consistency, SerialConsistency, Statement};
+use scylla::value::{CqlValue, Row};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::log::{MessageLog, MessageSeqs};
+use super::{Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult};
+use crate::msgid::EPOCH_MS;
+
+/// Bump when a table, key or value encoding changes.
+const SCHEMA_VERSION: i64 = 1;
+/// `events` partitions hold `1 << EVENT_BUCKET_BITS` seqs.
+const EVENT_BUCKET_BITS: u32 = 12;
+/// A msgid is `ms << 22 | node << 12 | counter` (`crate::msgid`).
+const MSGID_MS_SHIFT: u32 = 22;
+const MSGID_NODE_SHIFT: u32 = 12;
+const MSGID_NODE_MASK: u64 = 0x3ff;
+const MSGID_COUNTER_MASK: u64 = 0xfff;
+const DAY_MS: u64 = 86_400_000;
+/// Bucket rows fetched per step while walking `event_buckets` or `history_days`.
+const BUCKET_CHUNK: i32 = 32;
+/// Events per logged batch in `log_events` (each chunk is atomic on its own).
+const EVENTS_PER_BATCH: usize = 100;
+/// Conditional-write rounds `advance_cursor` tries before giving up under contention.
+const CURSOR_ROUNDS: usize = 8;
+/// Schema changes wait for schema agreement; give them longer than a data request.
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Settings of the ScyllaDB log. Every field has a default.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaLogConfig {
+    /// Contact points, `host:port`; the driver discovers the rest of the cluster from them.
+    pub nodes: Vec<String>,
+    /// Keyspace of the log's tables (letters, digits, `_`; at most 48 characters).
+    pub keyspace: String,
+    /// CQL map literal of the keyspace's replication, used only when the keyspace is created.
+    /// Default: `NetworkTopologyStrategy`, RF 3 in every datacenter, the smallest RF with which
+    /// LOCAL_QUORUM survives one replica down. A one-node development cluster needs RF 1.
+    pub replication: String,
+    /// Create the keyspace with `tablets = {'enabled': false}`: ScyllaDB releases with tablets on
+    /// by default do not support LWTs (which dedup and cursors need) in tablet keyspaces. Turn
+    /// off for ScyllaDB before 6.0 or Cassandra, which do not know the option.
+    pub disable_tablets: bool,
+    /// Username for password authentication (none: no authentication).
+    pub username: Option<String>,
+    /// Password for `username`. Never printed.
+    pub password: Option<String>,
+    /// How long a dedup record lives, in seconds (expired natively by ScyllaDB; 0: never).
+    /// Not a setting of its own: [`super::open`] sets it from `im.dedup_ttl_secs`.
+    #[serde(skip)]
+    pub dedup_ttl_secs: u32,
+    /// Client-side timeout of one request: reads, and writes whose deadline is further away.
+    pub request_timeout_ms: u64,
+    /// How long after an attempt's deadline its writes are still assumed able to land (a
+    /// coordinator finishing what the driver gave up on, a batchlog replay). A resend whose
+    /// original is missing takes its dedup record over only after this.
+    pub takeover_grace_ms: u64,
+    /// Writes queued beyond this fail at once.
+    pub queue_capacity: usize,
+    /// Writes run at once at most (never two touching the same user).
+    pub max_in_flight: usize,
+}
+
+impl Default for ScyllaLogConfig {
+    fn default() -> Self {
+        ScyllaLogConfig {
+            nodes: vec!["127.0.0.1:9042".into()],
+            keyspace: "mqim".into(),
+            replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
+            disable_tablets: true,
+            username: None,
+            password: None,
+            dedup_ttl_secs: 24 * 3600,
+            request_timeout_ms: 5_000,
+            takeover_grace_ms: 120_000,
+            queue_capacity: 16 * 1024,
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl fmt::Debug for ScyllaLogConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScyllaLogConfig")
+            .field("nodes", &self.nodes)
+            .field("keyspace", &self.keyspace)
+            .field("replication", &self.replication)
+            .field("disable_tablets", &self.disable_tablets)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("dedup_ttl_secs", &self.dedup_ttl_secs)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("takeover_grace_ms", &self.takeover_grace_ms)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+/// The ScyllaDB [`MessageLog`]. Dropping it closes the write queue; the writer task finishes the
+/// jobs already queued, then stops.
+pub struct ScyllaLog {
+    inner: Arc<Inner>,
+    queue: mpsc::Sender<Job>,
+}
+
+/// What the readers and the writer's jobs share.
+struct Inner {
+    session: Session,
+    stmts: Statements,
+    /// Only the tests read it, to drop their keyspace.
+    #[cfg_attr(not(test), allow(dead_code))]
+    keyspace: String,
+    dedup_ttl: i32,
+    request_timeout: Duration,
+    takeover_grace_ms: i64,
+}
+
+/// One queued write: the users it touches (for ordering) and the work, which answers its caller.
+struct Job {
+    users: Vec<String>,
+    work: Box<dyn FnOnce(Arc<Inner>) -> BoxFuture<'static, ()> + Send>,
+}
+
+impl ScyllaLog {
+    /// Connects, creates the keyspace and tables if missing, checks the schema version, prepares
+    /// the statements and starts the writer task.
+    pub async fn connect(cfg: &ScyllaLogConfig) -> StoreResult<ScyllaLog> {
+        validate(cfg)?;
+        let request_timeout = Duration::from_millis(cfg.request_timeout_ms.max(1));
+        let profile = ExecutionProfile::builder()
+            .consistency(Consistency::LocalQuorum)
+            .serial_consistency(Some(SerialConsistency::LocalSerial))
+            .request_timeout(Some(request_timeout))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&cfg.nodes)
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some(user) = &cfg.username {
+            builder = builder.user(user, cfg.password.clone().unwrap_or_default());
+        }
+        let session = builder.build().await.map_err(|e| {
+            StoreError::new(format!("connecting to ScyllaDB at {:?}: {e}", cfg.nodes))
+        })?;
+        create_schema(&session, cfg).await?;
+        let stmts = Statements::prepare(&session, &cfg.keyspace).await?;
+        let inner = Arc::new(Inner {
+            session,
+            stmts,
+            keyspace: cfg.keyspace.clone(),
+            dedup_ttl: i32::try_from(cfg.dedup_ttl_secs)
+                .map_err(|_| StoreError::new("dedup_ttl_secs must be below 2^31"))?,
+            request_timeout,
+            takeover_grace_ms: i64::try_from(cfg.takeover_grace_ms).unwrap_or(i64::MAX),
+        });
+        let (queue, jobs) = mpsc::channel(cfg.queue_capacity.max(1));
+        tokio::spawn(run_writer(inner.clone(), jobs, cfg.max_in_flight.max(1)));
+        Ok(ScyllaLog { inner, queue })
+    }
+
+    /// Queues `work` as a job touching `users`; the returned future waits for its answer.
+    fn enqueue<T: Send + 'static>(
+        &self,
+        mut users: Vec<String>,
+        work: impl FnOnce(Arc<Inner>) -> BoxFuture<'static, StoreResult<T>> + Send + 'static,
+    ) -> BoxFuture<'static, StoreResult<T>> {
+        users.sort_unstable();
+        users.dedup();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            users,
+            work: Box::new(move |inner| {
+                async move {
+                    // The caller may have stopped waiting; the write stands either way.
+                    let _ = reply.send(work(inner).await);
+                }
+                .boxed()
+            }),
+        };
+        let queued = self.queue.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                StoreError::new("the Scylla log's write queue is full")
+            }
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::new("the Scylla log's writer has stopped")
+            }
+        });
+        async move {
+            queued?;
+            answer
+                .await
+                .map_err(|_| StoreError::new("the Scylla log's writer stopped before answering"))?
+        }
+        .boxed()
+    }
+}
+
+/// Starts queued jobs in order, at most `max_in_flight` at a time, never two sharing a user.
+async fn run_writer(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>, max_in_flight: usize) {
+    let mut running = JoinSet::new();
+    let mut users_of = HashMap::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut next: Option<Job> = None;
+    let mut open = true;
+    loop {
+        if let Some(job) = next.take() {
+            if running.len() < max_in_flight && !job.users.iter().any(|u| busy.contains(u)) {
+                busy.extend(job.users.iter().cloned());
+                let handle = running.spawn((job.work)(inner.clone()));
+                users_of.insert(handle.id(), job.users);
+            } else {
+                next = Some(job);
+            }
+        }
+        if !open && next.is_none() && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            done = running.join_next_with_id(), if !running.is_empty() => {
+                // A job that panicked dropped its reply: its caller gets an error.
+                let id = match done {
+                    Some(Ok((id, ()))) => id,
+                    Some(Err(e)) => e.id(),
+                    None => continue,
+                };
+                for user in users_of.remove(&id).unwrap_or_default() {
+                    busy.remove(&user);
+                }
+            }
+            job = jobs.recv(), if open && next.is_none() => match job {
+                Some(job) => next = Some(job),
+                None => open = false,
+            },
+            // Unreachable: a waiting job always has a running job to wait for.
+            else => return,
+        }
+    }
+}
+
+#[async_trait]
+impl MessageLog for ScyllaLog {
+    fn log_message(
+        &self,
+        msg: NewMessage,
+        seqs: MessageSeqs,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<SendOutcome>> {
+        let users = vec![msg.from.clone(), msg.to.clone()];
+        self.enqueue(users, move |inner| {
+            async move { inner.log_message(msg, seqs, deadline).await }.boxed()
+        })
+    }
+
+    fn log_events(
+        &self,
+        events: Vec<(String, Event)>,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<()>> {
+        let users = events.iter().map(|(owner, _)| owner.clone()).collect();
+        self.enqueue(users, move |inner| {
+            async move { inner.write_events(&events, deadline).await }.boxed()
+        })
+    }
+
+    async fn read_events(
+        &self,
+        user: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Event>> {
+        let mut out = Vec::new();
+        // No seq above i64::MAX can be stored.
+        let Ok(after) = i64::try_from(after_seq) else {
+            return Ok(out);
+        };
+        let s = &self.inner.stmts;
+        let mut from_bucket = event_bucket(after_seq + 1);
+        'buckets: while out.len() < limit {
+            let rows = self
+                .inner
+                .select::<(i64,)>(
+                    &s.event_buckets_from,
+                    (user, from_bucket, BUCKET_CHUNK),
+                    || format!("listing {user}'s event buckets"),
+                )
+                .await?;
+            let Some(&(last,)) = rows.last() else {
+                break;
+            };
+            for (bucket,) in rows {
+                let want = cql_limit(limit - out.len());
+                let events = self
+                    .inner
+                    .select::<(i64, Vec<u8>)>(&s.events_after, (user, bucket, after, want), || {
+                        format!("reading {user}'s events after seq {after_seq}")
+                    })
+                    .await?;
+                for (seq, blob) in events {
+                    out.push(decode_event(user, seq, &blob)?);
+                }
+                if out.len() >= limit {
+                    break 'buckets;
+                }
+            }
+            from_bucket = last.saturating_add(1);
+        }
+        Ok(out)
+    }
+
+    async fn max_seq(&self, user: &str) -> StoreResult<u64> {
+        let s = &self.inner.stmts;
+        let mut at_most = i64::MAX;
+        loop {
+            let buckets = self
+                .inner
+                .select::<(i64,)>(&s.event_buckets_down, (user, at_most, BUCKET_CHUNK), || {
+                    format!("listing {user}'s event buckets")
+                })
+                .await?;
+            let Some(&(lowest,)) = buckets.last() else {
+                return Ok(0);
+            };
+            for (bucket,) in buckets {
+                let last = self
+                    .inner
+                    .select::<(i64,)>(&s.last_seq, (user, bucket), || {
+                        format!("reading {user}'s last seq")
+                    })
+                    .await?;
+                // A bucket row can become visible a moment before its batch's event row.
+                if let Some(&(seq,)) = last.first() {
+                    return from_i64(seq, "stored seq");
+                }
+            }
+            match lowest.checked_sub(1) {
+                Some(below) if below >= 0 => at_most = below,
+                _ => return Ok(0),
+            }
+        }
+    }
+
+    async fn max_msg_id(&self) -> StoreResult<u64> {
+        let what = "reading the highest msg_id";
+        let mut rows = self
+            .inner
+            .session
+            .execute_iter(self.inner.stmts.max_msg_ids.clone(), ())
+            .await
+            .map_err(failed(what))?
+            .rows_stream::<(Option<i64>,)>()
+            .map_err(failed(what))?;
+        let mut max = 0;
+        while let Some((msg_id,)) = rows.try_next().await.map_err(failed(what))? {
+            if let Some(msg_id) = msg_id {
+                max = max.max(from_i64(msg_id, "stored msg_id")?);
+            }
+        }
+        Ok(max)
+    }
+
+    async fn history(
+        &self,
+        user: &str,
+        conversation: &str,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<HistoryPage> {
+        let mut page = HistoryPage::default();
+        // Only one-to-one conversations exist; anything else has no history.
+        let Some(peer) = conversation.strip_prefix("u:") else {
+            return Ok(page);
+        };
+        // Newest allowed msg_id, inclusive.
+        let upper = match before_msg_id {
+            Some(0) => return Ok(page),
+            Some(before) => (before - 1).min(i64::MAX as u64),
+            None => i64::MAX as u64,
+        };
+        let upper_i = upper as i64;
+        let (a, b) = pair(user, peer);
+        let s = &self.inner.stmts;
+        // One more than asked, to know whether older messages exist.
+        let wanted = limit.saturating_add(1);
+        let mut messages = Vec::new();
+        let mut day_at_most = history_day(upper);
+        'days: loop {
+            let days = self
+                .inner
+                .select::<(i32,)>(
+                    &s.history_days_down,
+                    (a, b, day_at_most, BUCKET_CHUNK),
+                    || format!("listing the history days of {user} and {peer}"),
+                )
+                .await?;
+            let Some(&(lowest,)) = days.last() else {
+                break;
+            };
+            for (day,) in days {
+                let want = cql_limit(wanted - messages.len());
+                let rows = self
+                    .inner
+                    .select::<(i64, Vec<u8>)>(&s.history_page, (a, b, day, upper_i, want), || {
+                        format!("reading the history of {user} and {peer}")
+                    })
+                    .await?;
+                for (msg_id, blob) in rows {
+                    let mut m = v1::Message::decode(blob.as_slice()).map_err(|e| {
+                        StoreError::new(format!(
+                            "decoding history message {msg_id} of {user} and {peer}: {e}"
+                        ))
+                    })?;
+                    m.conversation = format!("u:{peer}");
+                    messages.push(m);
+                }
+                if messages.len() >= wanted {
+                    break 'days;
+                }
+            }
+            match lowest.checked_sub(1) {
+                Some(below) if below >= 0 => day_at_most = below,
+                _ => break,
+            }
+        }
+        page.has_more = messages.len() > limit;
+        messages.truncate(limit);
+        page.messages = messages;
+        Ok(page)
+    }
+
+    async fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> StoreResult<u64> {
+        let target = to_i64(seq, "cursor seq")?;
+        let s = &self.inner.stmts;
+        let what = || format!("moving the cursor of {user}/{device} to {seq}");
+        for _ in 0..CURSOR_ROUNDS {
+            // Conditional, so two devices' acks racing cannot move the cursor backwards.
+            let raised = self
+                .inner
+                .lwt(&s.raise_cursor, (target, user, device, target), what)
+                .await?;
+            if raised.applied {
+                return Ok(seq);
+            }
+            let current = match raised.opt_i64("seq")? {
+                Some(current) => current,
+                None => {
+                    let created = self
+                        .inner
+                        .lwt(&s.create_cursor, (user, device, target), what)
+                        .await?;
+                    if created.applied {
+                        return Ok(seq);
+                    }
+                    match created.opt_i64("seq")? {
+                        Some(current) => current,
+                        None => continue,
+                    }
+                }
+            };
+            if current >= target {
+                return from_i64(current, "stored cursor");
+            }
+            // Moved between our two steps, still below `seq`: try again.
+        }
+        Err(StoreError::new(format!(
+            "the cursor of {user}/{device} kept changing under {CURSOR_ROUNDS} conditional writes"
+        )))
+    }
+
+    /// Dedup records expire natively (`USING TTL`): nothing to remove here.
+    async fn purge_dedup(&self, _before_ts_ms: i64) -> StoreResult<usize> {
+        Ok(0)
+    }
+}
+
+impl Inner {
+    /// See the module comment ("Writes").
+    async fn log_message(
+        &self,
+        msg: NewMessage,
+        seqs: MessageSeqs,
+        deadline: Instant,
+    ) -> StoreResult<SendOutcome> {
+        let to_self = msg.from == msg.to;
+        if to_self == seqs.recipient.is_some() {
+            return Err(StoreError::new(format!(
+                "message {} from {} to {}: a recipient seq is needed exactly when the recipient \
+                 is someone else",
+                msg.msg_id, msg.from, msg.to
+            )));
+        }
+        let msg_id = to_i64(msg.msg_id, "msg_id")?;
+        let sender_seq = to_i64(seqs.sender, "sender seq")?;
+        if let Some(seq) = seqs.recipient {
+            to_i64(seq, "recipient seq")?;
+        }
+        let sent = SentRecord {
+            msg_id: msg.msg_id,
+            seq: seqs.sender,
+            conversation: format!("u:{}", msg.to),
+            ts: msg.ts,
+        };
+        let deadline_ms = wall_ms_at(deadline);
+        let what = || {
+            format!(
+                "recording the dedup entry of ({}, {})",
+                msg.from, msg.client_msg_id
+            )
+        };
+        let timeout = self.time_left(deadline, &what)?;
+        let claimed = self
+            .lwt_with_timeout(
+                &self.stmts.claim_dedup,
+                (
+                    &msg.from,
+                    &msg.client_msg_id,
+                    msg_id,
+                    sender_seq,
+                    &sent.conversation,
+                    msg.ts,
+                    deadline_ms,
+                    self.dedup_ttl,
+                ),
+                timeout,
+                what,
+            )
+            .await?;
+        if claimed.applied {
+            return self.write_fresh(&msg, seqs, sent, deadline).await;
+        }
+
+        let outcome = match self.resend(&msg, &sent, &claimed, deadline).await {
+            Ok(None) => return self.write_fresh(&msg, seqs, sent, deadline).await,
+            Ok(Some(original)) => Ok(SendOutcome::Duplicate(original)),
+            Err(e) => Err(e),
+        };
+        // Not written fresh: the seqs given for this call must not stay holes.
+        let mut gaps = vec![(msg.from.clone(), gap(seqs.sender))];
+        if let Some(seq) = seqs.recipient {
+            gaps.push((msg.to.clone(), gap(seq)));
+        }
+        self.write_events(&gaps, deadline).await?;
+        outcome
+    }
+
+    /// Step (c), a resend: `Some(original)` if the original landed, `None` if this attempt took
+    /// the dedup entry over and must write fresh, an error if the original may still land.
+    async fn resend(
+        &self,
+        msg: &NewMessage,
+        sent: &SentRecord,
+        claimed: &Lwt,
+        deadline: Instant,
+    ) -> StoreResult<Option<SentRecord>> {
+        let original = claimed.sent_record()?;
+        if self.original_landed(&msg.from, &original).await? {
+            return Ok(Some(original));
+        }
+        let may_land_until = claimed
+            .i64("deadline_ms")?
+            .saturating_add(self.takeover_grace_ms);
+        if crate::now_ms() < may_land_until {
+            return Err(StoreError::new(format!(
+                "({}, {}) was sent before and that write may still land; retry later",
+                msg.from, msg.client_msg_id
+            )));
+        }
+        if self.take_over(msg, sent, &original, deadline).await? {
+            return Ok(None);
+        }
+        Err(StoreError::new(format!(
+            "another resend of ({}, {}) took over its dedup entry; retry later",
+            msg.from, msg.client_msg_id
+        )))
+    }
+
+    /// Whether the message recorded in `original` is at its seq in the sender's stream.
+    async fn original_landed(&self, sender: &str, original: &SentRecord) -> StoreResult<bool> {
+        let seq = to_i64(original.seq, "recorded seq")?;
+        let rows = self
+            .select::<(Vec<u8>,)>(
+                &self.stmts.event_at,
+                (sender, event_bucket(original.seq), seq),
+                || format!("reading {sender}'s event at seq {seq}"),
+            )
+            .await?;
+        let Some((blob,)) = rows.first() else {
+            return Ok(false);
+        };
+        match decode_event(sender, seq, blob)?.body {
+            Some(event::Body::Message(m)) if m.msg_id == original.msg_id => Ok(true),
+            Some(event::Body::Gap(_)) | None => Ok(false),
+            _ => Err(StoreError::new(format!(
+                "the dedup entry of message {} points at another event ({sender}, seq {seq})",
+                original.msg_id
+            ))),
+        }
+    }
+
+    /// Replaces a dead original's dedup record with this attempt's, unless someone else did.
+    async fn take_over(
+        &self,
+        msg: &NewMessage,
+        sent: &SentRecord,
+        original: &SentRecord,
+        deadline: Instant,
+    ) -> StoreResult<bool> {
+        let what = || {
+            format!(
+                "taking over the dedup entry of ({}, {})",
+                msg.from, msg.client_msg_id
+            )
+        };
+        let timeout = self.time_left(deadline, &what)?;
+        let result = self
+            .lwt_with_timeout(
+                &self.stmts.take_over_dedup,
+                (
+                    self.dedup_ttl,
+                    to_i64(sent.msg_id, "msg_id")?,
+                    to_i64(sent.seq, "sender seq")?,
+                    &sent.conversation,
+                    sent.ts,
+                    wall_ms_at(deadline),
+                    &msg.from,
+                    &msg.client_msg_id,
+                    to_i64(original.msg_id, "recorded msg_id")?,
+                ),
+                timeout,
+                what,
+            )
+            .await?;
+        Ok(result.applied)
+    }
+
+    /// Step (b): both events, the history row and the max msg_id, in one logged batch. If the
+    /// batch is never sent (the deadline passed first), the dedup entry this attempt holds is
+    /// released, so a resend need not wait out the takeover grace.
+    async fn write_fresh(
+        &self,
+        msg: &NewMessage,
+        seqs: MessageSeqs,
+        sent: SentRecord,
+        deadline: Instant,
+    ) -> StoreResult<SendOutcome> {
+        let what = || {
+            format!(
+                "writing message {} from {} to {}",
+                msg.msg_id, msg.from, msg.to
+            )
+        };
+        let ready = self
+            .fresh_batch(msg, seqs, sent)
+            .and_then(|built| Ok((built, self.time_left(deadline, &what)?)));
+        match ready {
+            Ok(((batch, appended), timeout)) => {
+                batch.run(&self.session, timeout, what).await?;
+                Ok(SendOutcome::Fresh(appended))
+            }
+            Err(e) => {
+                self.release_dedup(msg).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The logged batch of a fresh message, and the events it writes.
+    fn fresh_batch(
+        &self,
+        msg: &NewMessage,
+        seqs: MessageSeqs,
+        sent: SentRecord,
+    ) -> StoreResult<(WriteBatch, Appended)> {
+        let sender_event = make_event(seqs.sender, msg, sent.conversation.clone());
+        let recipient_event = seqs
+            .recipient
+            .map(|seq| make_event(seq, msg, format!("u:{}", msg.from)));
+        let mut batch = WriteBatch::new();
+        batch.event(&self.stmts, &msg.from, &sender_event)?;
+        if let Some(event) = &recipient_event {
+            batch.event(&self.stmts, &msg.to, event)?;
+        }
+        let msg_id = to_i64(msg.msg_id, "msg_id")?;
+        let (a, b) = pair(&msg.from, &msg.to);
+        let day = history_day(msg.msg_id);
+        // The conversation depends on who reads it: `history` fills it in.
+        let stored = message_of(msg, String::new());
+        batch.push(
+            &self.stmts.insert_history,
+            (
+                a.to_owned(),
+                b.to_owned(),
+                day,
+                msg_id,
+                stored.encode_to_vec(),
+            ),
+        );
+        batch.push(
+            &self.stmts.insert_history_day,
+            (a.to_owned(), b.to_owned(), day),
+        );
+        batch.push(
+            &self.stmts.raise_max_msg_id,
+            (
+                max_msg_id_timestamp(msg.msg_id),
+                msg_id,
+                msg_id_slot(msg.msg_id),
+            ),
+        );
+        let appended = Appended {
+            sent,
+            sender_event,
+            recipient_event,
+        };
+        Ok((batch, appended))
+    }
+
+    /// Best effort: removes the dedup entry of `msg` if it still names `msg`'s msgid. Only for an
+    /// attempt that sent nothing after claiming it; a failure just leaves the resend to wait out
+    /// the takeover grace.
+    async fn release_dedup(&self, msg: &NewMessage) {
+        let Ok(msg_id) = to_i64(msg.msg_id, "msg_id") else {
+            return;
+        };
+        let released = self
+            .lwt(
+                &self.stmts.release_dedup,
+                (&msg.from, &msg.client_msg_id, msg_id),
+                || {
+                    format!(
+                        "releasing the dedup entry of ({}, {})",
+                        msg.from, msg.client_msg_id
+                    )
+                },
+            )
+            .await;
+        if let Err(e) = released {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Writes `(owner, event)` rows in logged batches of [`EVENTS_PER_BATCH`].
+    async fn write_events(&self, events: &[(String, Event)], deadline: Instant) -> StoreResult<()> {
+        for chunk in events.chunks(EVENTS_PER_BATCH) {
+            let mut batch = WriteBatch::new();
+            for (owner, event) in chunk {
+                batch.event(&self.stmts, owner, event)?;
+            }
+            let what = || {
+                let (owner, event) = &chunk[0];
+                format!(
+                    "writing {} event(s) from {owner}'s seq {}",
+                    chunk.len(),
+                    event.seq
+                )
+            };
+            let timeout = self.time_left(deadline, &what)?;
+            batch.run(&self.session, timeout, what).await?;
+        }
+        Ok(())
+    }
+
+    /// The time left before `deadline`, capped by the request timeout; an error once it passed.
+    fn time_left(&self, deadline: Instant, what: &impl Fn() -> String) -> StoreResult<Duration> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(StoreError::new(format!(
+                "{}: the deadline passed before this step; nothing more is written",
+                what()
+            )));
+        }
+        Ok((deadline - now).min(self.request_timeout))
+    }
+
+    /// Runs a prepared read (bounded by a `LIMIT`) and collects its rows.
+    async fn select<R>(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+        what: impl Fn() -> String,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let fail = |e: &dyn fmt::Display| StoreError::new(format!("{}: {e}", what()));
+        let result = self
+            .session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(|e| fail(&e))?;
+        let rows = result.into_rows_result().map_err(|e| fail(&e))?;
+        let typed = rows.rows::<R>().map_err(|e| fail(&e))?;
+        typed.map(|r| r.map_err(|e| fail(&e))).collect()
+    }
+
+    /// Runs a conditional statement with the request timeout.
+    async fn lwt(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+        what: impl Fn() -> String,
+    ) -> StoreResult<Lwt> {
+        self.lwt_with_timeout(stmt, values, self.request_timeout, what)
+            .await
+    }
+
+    async fn lwt_with_timeout(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+        timeout: Duration,
+        what: impl Fn() -> String,
+    ) -> StoreResult<Lwt> {
+        let mut stmt = stmt.clone();
+        stmt.set_request_timeout(Some(timeout));
+        let result = self
+            .session
+            .execute_unpaged(&stmt, values)
+            .await
+            .map_err(|e| StoreError::new(format!("{}: {e}", what())))?;
+        Lwt::parse(result).map_err(|e| StoreError::new(format!("{}: {}", what(), e.0)))
+    }
+
+    #[cfg(test)]
+    async fn drop_keyspace(&self) {
+        let cql = format!("DROP KEYSPACE IF EXISTS {}", self.keyspace);
+        if let Err(e) = ddl(&self.session, &cql).await {
+            eprintln!("{e}");
+        }
+    }
+}
+
+/// A logged batch under construction: its statements and their values, in step.
+struct WriteBatch {
+    batch: Batch,
+    values: Vec<Box<dyn SerializeRow + Send + Sync>>,
+}
+
+impl WriteBatch {
+    fn new() -> Self {
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_consistency(Consistency::LocalQuorum);
+        WriteBatch {
+            batch,
+            values: Vec::new(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow + Send + Sync + 'static,
+    ) {
+        self.batch.append_statement(stmt.clone());
+        self.values.push(Box::new(values));
+    }
+
+    /// The event row and its bucket row.
+    fn event(&mut self, stmts: &Statements, owner: &str, event: &Event) -> StoreResult<()> {
+        let seq = to_i64(event.seq, "event seq")?;
+        if seq == 0 {
+            return Err(StoreError::new(format!("an event of {owner} has seq 0")));
+        }
+        let bucket = event_bucket(event.seq);
+        self.push(
+            &stmts.insert_event,
+            (owner.to_owned(), bucket, seq, event.encode_to_vec()),
+        );
+        self.push(&stmts.insert_event_bucket, (owner.to_owned(), bucket));
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        session: &Session,
+        timeout: Duration,
+        what: impl Fn() -> String,
+    ) -> StoreResult<()> {
+        self.batch.set_request_timeout(Some(timeout));
+        session
+            .batch(&self.batch, self.values)
+            .await
+            .map_err(|e| StoreError::new(format!("{}: {e}", what())))?;
+        Ok(())
+    }
+}
+
+/// The answer of a conditional statement: whether it applied, and the row's columns as they
+/// were (ScyllaDB returns them whether or not it applied; Cassandra only when it did not).
+struct Lwt {
+    applied: bool,
+    columns: HashMap<String, CqlValue>,
+}
+
+impl Lwt {
+    fn parse(result: QueryResult) -> StoreResult<Lwt> {
+        let rows = result.into_rows_result().map_err(StoreError::new)?;
+        let names: Vec<String> = rows
+            .column_specs()
+            .iter()
+            .map(|spec| spec.name().to_owned())
+            .collect();
+        let row = rows
+            .maybe_first_row::<Row>()
+            .map_err(StoreError::new)?
+            .ok_or_else(|| StoreError::new("the conditional write returned no row"))?;
+        let mut applied = None;
+        let mut columns = HashMap::new();
+        for (name, value) in names.into_iter().zip(row.columns) {
+            if name == "[applied]" {
+                applied = value.and_then(|v| v.as_boolean());
+            } else if let Some(value) = value {
+                columns.insert(name, value);
+            }
+        }
+        let applied = applied
+            .ok_or_else(|| StoreError::new("the conditional write returned no [applied]"))?;
+        Ok(Lwt { applied, columns })
+    }
+
+    fn opt_i64(&self, name: &str) -> StoreResult<Option<i64>> {
+        match self.columns.get(name) {
+            None => Ok(None),
+            Some(value) => value.as_bigint().map(Some).ok_or_else(|| {
+                StoreError::new(format!("column {name} is not a bigint: {value:?}"))
+            }),
+        }
+    }
+
+    fn i64(&self, name: &str) -> StoreResult<i64> {
+        self.opt_i64(name)?
+            .ok_or_else(|| StoreError::new(format!("the existing dedup entry has no {name}")))
+    }
+
+    /// The [`SentRecord`] of an existing dedup entry.
+    fn sent_record(&self) -> StoreResult<SentRecord> {
+        let conversation = match self.columns.get("conversation") {
+            Some(CqlValue::Text(c)) => c.clone(),
+            other => {
+                return Err(StoreError::new(format!(
+                    "the existing dedup entry has no conversation: {other:?}"
+                )))
+            }
+        };
+        Ok(SentRecord {
+            msg_id: from_i64(self.i64("msg_id")?, "recorded msg_id")?,
+            seq: from_i64(self.i64("seq")?, "recorded seq")?,
+            conversation,
+            ts: self.i64("ts")?,
+        })
+    }
+}
+
+/// The prepared statements, all at LOCAL_QUORUM (LWTs: LOCAL_SERIAL).
+struct Statements {
+    insert_event: PreparedStatement,
+    insert_event_bucket: PreparedStatement,
+    event_buckets_from: PreparedStatement,
+    event_buckets_down: PreparedStatement,
+    events_after: PreparedStatement,
+    event_at: PreparedStatement,
+    last_seq: PreparedStatement,
+    insert_history: PreparedStatement,
+    insert_history_day: PreparedStatement,
+    history_days_down: PreparedStatement,
+    history_page: PreparedStatement,
+    claim_dedup: PreparedStatement,
+    take_over_dedup: PreparedStatement,
+    release_dedup: PreparedStatement,
+    raise_max_msg_id: PreparedStatement,
+    max_msg_ids: PreparedStatement,
+    raise_cursor: PreparedStatement,
+    create_cursor: PreparedStatement,
+}
+
+impl Statements {
+    async fn prepare(session: &Session, ks: &str) -> StoreResult<Statements> {
+        let p = |cql: String| prepare(session, cql);
+        Ok(Statements {
+            insert_event: p(format!(
+                "INSERT INTO {ks}.events (owner, bucket, seq, event) VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_event_bucket: p(format!(
+                "INSERT INTO {ks}.event_buckets (owner, bucket) VALUES (?, ?)"
+            ))
+            .await?,
+            event_buckets_from: p(format!(
+                "SELECT bucket FROM {ks}.event_buckets WHERE owner = ? AND bucket >= ? \
+                 ORDER BY bucket ASC LIMIT ?"
+            ))
+            .await?,
+            event_buckets_down: p(format!(
+                "SELECT bucket FROM {ks}.event_buckets WHERE owner = ? AND bucket <= ? \
+                 ORDER BY bucket DESC LIMIT ?"
+            ))
+            .await?,
+            events_after: p(format!(
+                "SELECT seq, event FROM {ks}.events WHERE owner = ? AND bucket = ? AND seq > ? \
+                 ORDER BY seq ASC LIMIT ?"
+            ))
+            .await?,
+            event_at: p(format!(
+                "SELECT event FROM {ks}.events WHERE owner = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            last_seq: p(format!(
+                "SELECT seq FROM {ks}.events WHERE owner = ? AND bucket = ? \
+                 ORDER BY seq DESC LIMIT 1"
+            ))
+            .await?,
+            insert_history: p(format!(
+                "INSERT INTO {ks}.history (user_a, user_b, day, msg_id, message) \
+                 VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_history_day: p(format!(
+                "INSERT INTO {ks}.history_days (user_a, user_b, day) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            history_days_down: p(format!(
+                "SELECT day FROM {ks}.history_days WHERE user_a = ? AND user_b = ? AND day <= ? \
+                 ORDER BY day DESC LIMIT ?"
+            ))
+            .await?,
+            history_page: p(format!(
+                "SELECT msg_id, message FROM {ks}.history WHERE user_a = ? AND user_b = ? \
+                 AND day = ? AND msg_id <= ? ORDER BY msg_id DESC LIMIT ?"
+            ))
+            .await?,
+            claim_dedup: p(format!(
+                "INSERT INTO {ks}.dedup (sender, client_msg_id, msg_id, seq, conversation, ts, \
+                 deadline_ms) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+            ))
+            .await?,
+            take_over_dedup: p(format!(
+                "UPDATE {ks}.dedup USING TTL ? SET msg_id = ?, seq = ?, conversation = ?, \
+                 ts = ?, deadline_ms = ? WHERE sender = ? AND client_msg_id = ? IF msg_id = ?"
+            ))
+            .await?,
+            release_dedup: p(format!(
+                "DELETE FROM {ks}.dedup WHERE sender = ? AND client_msg_id = ? IF msg_id = ?"
+            ))
+            .await?,
+            raise_max_msg_id: p(format!(
+                "UPDATE {ks}.max_msg_id USING TIMESTAMP ? SET msg_id = ? WHERE slot = ?"
+            ))
+            .await?,
+            max_msg_ids: p(format!("SELECT msg_id FROM {ks}.max_msg_id")).await?,
+            raise_cursor: p(format!(
+                "UPDATE {ks}.cursors SET seq = ? WHERE owner = ? AND device = ? IF seq < ?"
+            ))
+            .await?,
+            create_cursor: p(format!(
+                "INSERT INTO {ks}.cursors (owner, device, seq) VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+        })
+    }
+}
+
+async fn prepare(session: &Session, cql: String) -> StoreResult<PreparedStatement> {
+    let mut stmt = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| StoreError::new(format!("preparing `{cql}`: {e}")))?;
+    stmt.set_consistency(Consistency::LocalQuorum);
+    stmt.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    Ok(stmt)
+}
+
+/// Creates the keyspace and tables if missing and checks (or records) the schema version.
+async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> StoreResult<()> {
+    let ks = &cfg.keyspace;
+    let tablets = if cfg.disable_tablets {
+        " AND tablets = {'enabled': false}"
+    } else {
+        ""
+    };
+    ddl(
+        session,
+        &format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}{tablets}",
+            cfg.replication
+        ),
+    )
+    .await?;
+    let tables = [
+        "events (owner text, bucket bigint, seq bigint, event blob, \
+         PRIMARY KEY ((owner, bucket), seq)) WITH CLUSTERING ORDER BY (seq ASC)",
+        "event_buckets (owner text, bucket bigint, PRIMARY KEY (owner, bucket)) \
+         WITH CLUSTERING ORDER BY (bucket DESC)",
+        "history (user_a text, user_b text, day int, msg_id bigint, message blob, \
+         PRIMARY KEY ((user_a, user_b, day), msg_id)) WITH CLUSTERING ORDER BY (msg_id DESC)",
+        "history_days (user_a text, user_b text, day int, PRIMARY KEY ((user_a, user_b), day)) \
+         WITH CLUSTERING ORDER BY (day DESC)",
+        "dedup (sender text, client_msg_id text, msg_id bigint, seq bigint, conversation text, \
+         ts bigint, deadline_ms bigint, PRIMARY KEY ((sender, client_msg_id)))",
+        "cursors (owner text, device text, seq bigint, PRIMARY KEY (owner, device))",
+        "max_msg_id (slot int PRIMARY KEY, msg_id bigint)",
+        "meta (name text PRIMARY KEY, n bigint)",
+    ];
+    for table in tables {
+        ddl(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.{table}")).await?;
+    }
+    let mut version = Statement::new(format!(
+        "INSERT INTO {ks}.meta (name, n) VALUES ('schema_version', {SCHEMA_VERSION}) IF NOT EXISTS"
+    ));
+    version.set_consistency(Consistency::LocalQuorum);
+    version.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    let what = "recording the schema version";
+    let result = session
+        .query_unpaged(version, ())
+        .await
+        .map_err(|e| StoreError::new(format!("{what}: {e}")))?;
+    let recorded = Lwt::parse(result).map_err(|e| StoreError::new(format!("{what}: {}", e.0)))?;
+    if !recorded.applied {
+        let found = recorded.i64("n")?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::new(format!(
+                "keyspace {ks} has schema version {found}, this build reads version \
+                 {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn ddl(session: &Session, cql: &str) -> StoreResult<()> {
+    let mut stmt = Statement::new(cql);
+    stmt.set_request_timeout(Some(DDL_TIMEOUT));
+    session
+        .query_unpaged(stmt, ())
+        .await
+        .map_err(|e| StoreError::new(format!("`{cql}`: {e}")))?;
+    Ok(())
+}
+
+fn validate(cfg: &ScyllaLogConfig) -> StoreResult<()> {
+    let ks = &cfg.keyspace;
+    let name_ok = !ks.is_empty()
+        && ks.len() <= 48
+        && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !name_ok {
+        return Err(StoreError::new(format!(
+            "scylla keyspace {ks:?}: use 1 to 48 letters, digits or '_'"
+        )));
+    }
+    if cfg.nodes.is_empty() {
+        return Err(StoreError::new("scylla nodes: give at least one host:port"));
+    }
+    Ok(())
+}
+
+fn make_event(seq: u64, msg: &NewMessage, conversation: String) -> Event {
+    Event {
+        seq,
+        body: Some(event::Body::Message(message_of(msg, conversation))),
+    }
+}
+
+fn message_of(msg: &NewMessage, conversation: String) -> v1::Message {
+    v1::Message {
+        msg_id: msg.msg_id,
+        conversation,
+        from: msg.from.clone(),
+        ts: msg.ts,
+        client_msg_id: msg.client_msg_id.clone(),
+        text: msg.text.clone(),
+        body: msg.body.clone(),
+        r#type: msg.kind.clone(),
+    }
+}
+
+fn gap(seq: u64) -> Event {
+    Event {
+        seq,
+        body: Some(event::Body::Gap(v1::Gap {})),
+    }
+}
+
+fn decode_event(owner: &str, seq: i64, blob: &[u8]) -> StoreResult<Event> {
+    let event = Event::decode(blob)
+        .map_err(|e| StoreError::new(format!("decoding {owner}'s event at seq {seq}: {e}")))?;
+    if i64::try_from(event.seq) != Ok(seq) {
+        return Err(StoreError::new(format!(
+            "{owner}'s event at seq {seq} says it is seq {}",
+            event.seq
+        )));
+    }
+    Ok(event)
+}
+
+/// The unordered pair, smaller first: both users' history lives under one key.
+fn pair<'a>(x: &'a str, y: &'a str) -> (&'a str, &'a str) {
+    if x <= y {
+        (x, y)
+    } else {
+        (y, x)
+    }
+}
+
+fn event_bucket(seq: u64) -> i64 {
+    // seq <= 2^63, so the shifted value fits.
+    (seq >> EVENT_BUCKET_BITS) as i64
+}
+
+fn history_day(msg_id: u64) -> i32 {
+    // (2^64 >> 22) / DAY_MS < 2^31.
+    ((msg_id >> MSGID_MS_SHIFT) / DAY_MS) as i32
+}
+
+fn msg_id_slot(msg_id: u64) -> i32 {
+    ((msg_id >> MSGID_NODE_SHIFT) & MSGID_NODE_MASK) as i32
+}
+
+/// The write timestamp of a `max_msg_id` cell: the msgid's time in Unix microseconds plus its
+/// counter (capped at 999, so it stays within the millisecond). Larger msgids of one node never
+/// get a smaller timestamp; equal ones are settled by value.
+fn max_msg_id_timestamp(msg_id: u64) -> i64 {
+    // msg_id <= i64::MAX (checked by the caller): the millisecond part is below 2^41.
+    let unix_ms = (msg_id >> MSGID_MS_SHIFT) as i64 + EPOCH_MS;
+    unix_ms * 1000 + (msg_id & MSGID_COUNTER_MASK).min(999) as i64
+}
+
+/// The wall-clock time (Unix ms) of an `Instant`, to store a deadline other nodes can read.
+fn wall_ms_at(deadline: Instant) -> i64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    crate::now_ms().saturating_add(i64::try_from(left.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn cql_limit(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn to_i64(value: u64, what: &str) -> StoreResult<i64> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::new(format!("{what} {value} does not fit a CQL bigint")))
+}
+
+fn from_i64(value: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::new(format!("{what} {value} is negative")))
+}
+
+fn failed<E: fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::new(format!("{what}: {e}"))
+}
+
+/// A log on a fresh keyspace (`mqim_test_<random>`, RF 1) of the ScyllaDB at `SCYLLA_URI`
+/// (`host:port`), or `None` when the variable is unset or empty. Drop the keyspace with
+/// [`ScyllaLog::drop_test_keyspace`] at the end.
+#[cfg(test)]
+pub(crate) async fn connect_for_tests() -> Option<ScyllaLog> {
+    connect_for_tests_with(|_| {}).await
+}
+
+#[cfg(test)]
+async fn connect_for_tests_with(tune: impl FnOnce(&mut ScyllaLogConfig)) -> Option<ScyllaLog> {
+    let uri = std::env::var("SCYLLA_URI").ok().filter(|u| !u.is_empty())?;
+    let mut cfg = ScyllaLogConfig {
+        nodes: vec![uri],
+        keyspace: format!("mqim_test_{:016x}", rand::random::<u64>()),
+        replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}".into(),
+        ..ScyllaLogConfig::default()
+    };
+    tune(&mut cfg);
+    match ScyllaLog::connect(&cfg).await {
+        Ok(log) => Some(log),
+        Err(e) => panic!("SCYLLA_URI is set but the log could not start: {e}"),
+    }
+}
+
+#[cfg(test)]
+impl ScyllaLog {
+    /// Drops the test keyspace this log was made on.
+    pub(crate) async fn drop_test_keyspace(&self) {
+        self.inner.drop_keyspace().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn log() -> ScyllaLog {
+        connect_for_tests()
+            .await
+            .expect("set SCYLLA_URI=host:9042 to run the ScyllaDB tests")
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    /// A msgid at Unix time `unix_ms`, node 0, counter `n`.
+    fn msg_id_at(unix_ms: i64, n: u64) -> u64 {
+        (((unix_ms - EPOCH_MS) as u64) << MSGID_MS_SHIFT) | n
+    }
+
+    fn message(from: &str, to: &str, client_msg_id: &str, msg_id: u64) -> NewMessage {
+        NewMessage {
+            from: from.into(),
+            to: to.into(),
+            client_msg_id: client_msg_id.into(),
+            msg_id,
+            ts: crate::now_ms(),
+            text: Some(format!("hello {client_msg_id}")),
+            body: None,
+            kind: None,
+        }
+    }
+
+    fn seqs(sender: u64, recipient: Option<u64>) -> MessageSeqs {
+        MessageSeqs { sender, recipient }
+    }
+
+    fn message_body(event: &Event) -> &v1::Message {
+        match &event.body {
+            Some(event::Body::Message(m)) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn is_gap(event: &Event) -> bool {
+        matches!(event.body, Some(event::Body::Gap(_)))
+    }
+
+    async fn fresh(log: &ScyllaLog, msg: NewMessage, at: MessageSeqs) -> Appended {
+        match log.log_message(msg, at, soon()).await {
+            Ok(SendOutcome::Fresh(appended)) => appended,
+            other => panic!("expected a fresh message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn a_message_lands_in_both_streams_as_each_side_sees_it() {
+        let log = log().await;
+        let sent = fresh(&log, message("alice", "bob", "c1", 100), seqs(3, Some(7))).await;
+        assert_eq!(sent.sent.seq, 3);
+        assert_eq!(sent.sent.conversation, "u:bob");
+
+        let alice = log.read_events("alice", 0, 10).await.expect("read alice");
+        assert_eq!(alice.len(), 1);
+        assert_eq!(alice[0], sent.sender_event);
+        assert_eq!(alice[0].seq, 3);
+        assert_eq!(message_body(&alice[0]).conversation, "u:bob");
+        let bob = log.read_events("bob", 0, 10).await.expect("read bob");
+        assert_eq!(bob.len(), 1);
+        assert_eq!(Some(&bob[0]), sent.recipient_event.as_ref());
+        assert_eq!(bob[0].seq, 7);
+        assert_eq!(message_body(&bob[0]).conversation, "u:alice");
+
+        let note = fresh(&log, message("carol", "carol", "n1", 101), seqs(1, None)).await;
+        assert!(note.recipient_event.is_none());
+        let carol = log.read_events("carol", 0, 10).await.expect("read carol");
+        assert_eq!(carol.len(), 1, "a note to self has one copy");
+        assert_eq!(message_body(&carol[0]).conversation, "u:carol");
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn a_resend_returns_the_original_and_fills_its_new_seqs_with_gaps() {
+        let log = log().await;
+        let original = fresh(&log, message("alice", "bob", "c1", 100), seqs(1, Some(1))).await;
+        let resent = log
+            .log_message(message("alice", "bob", "c1", 200), seqs(2, Some(2)), soon())
+            .await
+            .expect("resend");
+        assert_eq!(resent, SendOutcome::Duplicate(original.sent.clone()));
+        for user in ["alice", "bob"] {
+            let events = log.read_events(user, 0, 10).await.expect("read");
+            assert_eq!(events.len(), 2, "{user}'s stream");
+            assert_eq!(message_body(&events[0]).msg_id, 100);
+            assert!(is_gap(&events[1]), "{user}'s new seq holds a gap");
+            assert_eq!(events[1].seq, 2);
+        }
+        assert_eq!(
+            log.max_msg_id().await.expect("max"),
+            100,
+            "a resend raised it"
+        );
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn a_resend_after_a_failed_original_is_written_fresh() {
+        let log = connect_for_tests_with(|cfg| cfg.takeover_grace_ms = 0)
+            .await
+            .expect("set SCYLLA_URI=host:9042 to run the ScyllaDB tests");
+        // An original whose dedup entry was recorded but whose batch never landed.
+        let past = Instant::now() + Duration::from_millis(300);
+        let claim = log
+            .inner
+            .lwt(
+                &log.inner.stmts.claim_dedup,
+                (
+                    "alice",
+                    "c1",
+                    100i64,
+                    1i64,
+                    "u:bob",
+                    5i64,
+                    wall_ms_at(past),
+                    3600i32,
+                ),
+                || "test claim".into(),
+            )
+            .await
+            .expect("claim");
+        assert!(claim.applied);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let again = fresh(&log, message("alice", "bob", "c1", 200), seqs(2, Some(1))).await;
+        assert_eq!(again.sent.msg_id, 200);
+        assert_eq!(again.sent.seq, 2);
+        let duplicate = log
+            .log_message(message("alice", "bob", "c1", 300), seqs(3, Some(2)), soon())
+            .await
+            .expect("second resend");
+        assert_eq!(duplicate, SendOutcome::Duplicate(again.sent));
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn a_write_past_its_deadline_is_refused_and_leaves_nothing() {
+        let log = log().await;
+        let gone = Instant::now();
+        let refused = log
+            .log_message(message("alice", "bob", "c1", 100), seqs(1, Some(1)), gone)
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let refused = log.log_events(vec![("alice".into(), gap(2))], gone).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert!(log
+            .read_events("alice", 0, 10)
+            .await
+            .expect("read")
+            .is_empty());
+        assert!(log
+            .read_events("bob", 0, 10)
+            .await
+            .expect("read")
+            .is_empty());
+        assert_eq!(log.max_msg_id().await.expect("max"), 0);
+        // Nothing claimed the clientMsgId either: a later send is fresh.
+        fresh(&log, message("alice", "bob", "c1", 100), seqs(1, Some(1))).await;
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn reads_and_max_seq_cross_bucket_boundaries() {
+        let log = log().await;
+        let edge = 1u64 << EVENT_BUCKET_BITS;
+        let far = 5 * edge + 3;
+        let seqs_written = [edge - 2, edge - 1, edge, edge + 1, far];
+        let events = seqs_written
+            .iter()
+            .map(|&s| ("alice".to_string(), gap(s)))
+            .collect();
+        log.log_events(events, soon()).await.expect("write");
+        let all = log.read_events("alice", 0, 100).await.expect("read");
+        let got: Vec<u64> = all.iter().map(|e| e.seq).collect();
+        assert_eq!(got, seqs_written, "ascending across buckets, holes absent");
+        let page = log.read_events("alice", edge - 2, 2).await.expect("read");
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [edge - 1, edge]
+        );
+        let tail = log.read_events("alice", edge + 1, 10).await.expect("read");
+        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [far]);
+        assert!(log
+            .read_events("alice", far, 10)
+            .await
+            .expect("read")
+            .is_empty());
+        assert_eq!(log.max_seq("alice").await.expect("max_seq"), far);
+        assert_eq!(log.max_seq("nobody").await.expect("max_seq"), 0);
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn history_pages_newest_first_across_days_without_gaps_or_repeats() {
+        let log = log().await;
+        let day1 = EPOCH_MS + 400 * DAY_MS as i64 + 1000;
+        let day2 = day1 + 3 * DAY_MS as i64;
+        let mut ids = Vec::new();
+        for i in 0..7u64 {
+            let at = if i < 4 { day1 } else { day2 };
+            let id = msg_id_at(at + i as i64, 0);
+            let (from, to) = if i % 2 == 0 {
+                ("alice", "bob")
+            } else {
+                ("bob", "alice")
+            };
+            let seq = i + 1;
+            fresh(
+                &log,
+                message(from, to, &format!("h{i}"), id),
+                seqs(seq, Some(seq)),
+            )
+            .await;
+            ids.push(id);
+        }
+        fresh(
+            &log,
+            message("carol", "bob", "other", msg_id_at(day2, 99)),
+            seqs(1, Some(8)),
+        )
+        .await;
+        ids.reverse();
+        for (user, conversation) in [("bob", "u:alice"), ("alice", "u:bob")] {
+            let mut seen = Vec::new();
+            let mut before = None;
+            loop {
+                let page = log
+                    .history(user, conversation, before, 3)
+                    .await
+                    .expect("history");
+                for m in &page.messages {
+                    assert_eq!(m.conversation, conversation, "as {user} sees it");
+                }
+                seen.extend(page.messages.iter().map(|m| m.msg_id));
+                before = page.messages.last().map(|m| m.msg_id);
+                if !page.has_more {
+                    break;
+                }
+            }
+            assert_eq!(seen, ids, "{user}: newest first, each once, nothing else");
+        }
+        let empty = log
+            .history("alice", "u:nobody", None, 10)
+            .await
+            .expect("history");
+        assert!(empty.messages.is_empty() && !empty.has_more);
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn max_msg_id_is_the_highest_logged_not_the_latest() {
+        let log = log().await;
+        assert_eq!(log.max_msg_id().await.expect("max"), 0);
+        let now = crate::now_ms();
+        let high = msg_id_at(now, 1500) | (7 << MSGID_NODE_SHIFT);
+        let same_ms_lower = msg_id_at(now, 1200) | (7 << MSGID_NODE_SHIFT);
+        let older = msg_id_at(now - 5000, 3) | (7 << MSGID_NODE_SHIFT);
+        fresh(&log, message("alice", "bob", "m1", high), seqs(1, Some(1))).await;
+        fresh(
+            &log,
+            message("alice", "bob", "m2", same_ms_lower),
+            seqs(2, Some(2)),
+        )
+        .await;
+        fresh(&log, message("alice", "bob", "m3", older), seqs(3, Some(3))).await;
+        assert_eq!(log.max_msg_id().await.expect("max"), high);
+        let other_node = msg_id_at(now - 1000, 0) | (9 << MSGID_NODE_SHIFT);
+        fresh(
+            &log,
+            message("bob", "alice", "m4", other_node),
+            seqs(4, Some(4)),
+        )
+        .await;
+        assert_eq!(log.max_msg_id().await.expect("max"), high);
+        assert_eq!(log.max_seq("alice").await.expect("max_seq"), 4);
+        log.drop_test_keyspace().await;
+    }
+
+    #[tokio::test]
+    #[cfg_attr(
+        not(scylla_available),
+        ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+    )]
+    async fn a_cursor_only_moves_forward() {
+        let log = log().await;
+        assert_eq!(
+            log.advance_cursor("alice", "phone", 5)
+                .await
+                .expect("cursor"),
+            5
+        );
+        assert_eq!(
+            log.advance_cursor("alice", "phone", 3)
+                .await
+                .expect("cursor"),
+            5
+        );
+        assert_eq!(
+            log.advance_cursor("alice", "phone", 9)
+                .await
+                .expect("cursor"),
+            9
+        );
+        assert_eq!(
+            log.advance_cursor("alice", "laptop", 2)
+                .await
+                .expect("cursor"),
+            2
+        );
+        assert_eq!(log.purge_dedup(i64::MAX).await.expect("purge"), 0);
+        log.drop_test_keyspace().await;
+    }
+
+    #[test]
+    fn layout_helpers_keep_order() {
+        assert_eq!(event_bucket((1 << EVENT_BUCKET_BITS) - 1), 0);
+        assert_eq!(event_bucket(1 << EVENT_BUCKET_BITS), 1);
+        assert_eq!(pair("bob", "alice"), ("alice", "bob"));
+        let now = crate::now_ms();
+        let a = msg_id_at(now, 5);
+        assert!(max_msg_id_timestamp(a) < max_msg_id_timestamp(a + 1));
+        assert!(
+            max_msg_id_timestamp(msg_id_at(now, 4095))
+                < max_msg_id_timestamp(msg_id_at(now + 1, 0))
+        );
+        assert_eq!(max_msg_id_timestamp(msg_id_at(now, 0)), now * 1000);
+        assert_eq!(history_day(msg_id_at(EPOCH_MS + DAY_MS as i64, 0)), 1);
+        assert_eq!(history_day(u64::MAX), ((u64::MAX >> 22) / DAY_MS) as i32);
+    }
+}
