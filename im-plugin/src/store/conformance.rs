@@ -84,6 +84,33 @@ pub fn inbox_cases() -> Vec<(&'static str, InboxCase)> {
     ]
 }
 
+/// Calls `$test!(case, case, ...)` with every case of [`cases`] and then of [`inbox_cases`], so a
+/// backend's test module lists no case by hand: `conformance::for_each_case!(my_test_macro);`.
+#[cfg(test)]
+macro_rules! for_each_case {
+    ($test:ident) => {
+        $test! {
+            seqs_start_at_one_and_are_contiguous,
+            resend_returns_original_and_appends_nothing,
+            concurrent_sends_are_contiguous,
+            concurrent_resends_store_once,
+            appends_apply_in_call_order,
+            read_stream_paging,
+            send_to_self_appends_one_event,
+            advance_cursor_forward_only_and_clamped,
+            max_msg_id_is_highest_stored,
+            purge_dedup_removes_only_older,
+            content_round_trips,
+            inbox_unread_counts_only_the_recipient,
+            inbox_read_removes_up_to_msgid_and_is_idempotent,
+            inbox_conversations_newest_first_with_paging,
+            inbox_history_pages_backwards_without_gaps_or_repeats
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use for_each_case;
+
 /// Runs every case, each against a fresh store from `make` (which gets the case's name, handy for
 /// a directory, key prefix or keyspace). Panics at the first broken case, naming it.
 pub async fn run_all<F, Fut>(mut make: F)
@@ -982,6 +1009,22 @@ mod tests {
     use super::*;
     use crate::store::lsm::LsmStore;
     use crate::store::{StoreResult, StreamPage};
+
+    #[test]
+    fn for_each_case_names_every_case_in_order() {
+        macro_rules! names {
+            ($($case:ident),*) => {
+                vec![$(stringify!($case)),*]
+            };
+        }
+        let listed: Vec<&str> = for_each_case!(names);
+        let all: Vec<&str> = cases()
+            .into_iter()
+            .map(|(n, _)| n)
+            .chain(inbox_cases().into_iter().map(|(n, _)| n))
+            .collect();
+        assert_eq!(listed, all);
+    }
 
     #[derive(Clone, Copy, Debug)]
     enum Fault {

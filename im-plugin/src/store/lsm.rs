@@ -1357,46 +1357,7 @@ mod tests {
         )*};
     }
 
-    conformance_tests!(
-        seqs_start_at_one_and_are_contiguous,
-        resend_returns_original_and_appends_nothing,
-        concurrent_sends_are_contiguous,
-        concurrent_resends_store_once,
-        appends_apply_in_call_order,
-        read_stream_paging,
-        send_to_self_appends_one_event,
-        advance_cursor_forward_only_and_clamped,
-        max_msg_id_is_highest_stored,
-        purge_dedup_removes_only_older,
-        content_round_trips,
-    );
-
-    conformance_tests!(
-        inbox_unread_counts_only_the_recipient,
-        inbox_read_removes_up_to_msgid_and_is_idempotent,
-        inbox_conversations_newest_first_with_paging,
-        inbox_history_pages_backwards_without_gaps_or_repeats,
-    );
-
-    #[test]
-    fn every_conformance_case_has_a_test_here() {
-        // The macro list above is written by hand; this keeps it from falling behind `cases()`.
-        let here = [
-            "seqs_start_at_one_and_are_contiguous",
-            "resend_returns_original_and_appends_nothing",
-            "concurrent_sends_are_contiguous",
-            "concurrent_resends_store_once",
-            "appends_apply_in_call_order",
-            "read_stream_paging",
-            "send_to_self_appends_one_event",
-            "advance_cursor_forward_only_and_clamped",
-            "max_msg_id_is_highest_stored",
-            "purge_dedup_removes_only_older",
-            "content_round_trips",
-        ];
-        let all: Vec<&str> = conformance::cases().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(all, here);
-    }
+    conformance::for_each_case!(conformance_tests);
 
     /// The whole suite through `run_all`, as another crate would run it, each case in a directory
     /// of its own.
