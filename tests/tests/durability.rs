@@ -6,68 +6,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{seq, Broker, Device};
+use common::{full_stream, msg_id, msg_str, note_reply, seq, Broker, Device};
 use serde_json::{json, Value};
-
-/// Reads `d`'s whole stream from the start, page by page.
-async fn full_stream(d: &mut Device) -> Vec<Value> {
-    let mut all: Vec<Value> = Vec::new();
-    let mut after = 0;
-    loop {
-        let (events, more) = d.sync(after, 1000).await;
-        if let Some(last) = events.last() {
-            after = seq(last);
-        }
-        let empty = events.is_empty();
-        all.extend(events);
-        if !more {
-            return all;
-        }
-        assert!(
-            !empty,
-            "sync said hasMore but returned no events after seq {after}"
-        );
-    }
-}
-
-fn msg_str<'a>(ev: &'a Value, field: &str) -> &'a str {
-    ev["message"][field]
-        .as_str()
-        .unwrap_or_else(|| panic!("event without message.{field}: {ev}"))
-}
-
-fn msg_id(v: &Value) -> u64 {
-    v.as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("msgId is not a decimal string: {v}"))
-}
-
-/// Records one reply (if `r` is one) into `acked` / `errors`; returns whether it was a reply.
-fn note_reply(
-    payload: &[u8],
-    req_cmid: &HashMap<String, String>,
-    acked: &mut HashMap<String, Value>,
-    errors: &mut Vec<Value>,
-) -> bool {
-    let Ok(v) = serde_json::from_slice::<Value>(payload) else {
-        return false;
-    };
-    let Some(reply) = v.get("reply") else {
-        return false;
-    };
-    let id = reply["id"].as_str().unwrap_or_default();
-    let cmid = req_cmid
-        .get(id)
-        .unwrap_or_else(|| panic!("reply to an unknown request: {v}"));
-    match reply.get("sent") {
-        Some(sent) => {
-            let old = acked.insert(cmid.clone(), sent.clone());
-            assert!(old.is_none(), "two replies for {cmid}: {v}");
-        }
-        None => errors.push(v.clone()),
-    }
-    true
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_kill_9_mid_send_loop_exactly_once_with_contiguous_seqs() {

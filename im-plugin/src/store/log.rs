@@ -90,6 +90,12 @@ pub trait MessageLog: Send + Sync + 'static {
     /// clamped `seq` to the stream's end). Returns the cursor after the call.
     async fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> StoreResult<u64>;
 
+    /// Whether this process is the log's only writer (an embedded log: yes; a shared database:
+    /// no). Then a seq missing while this process has no write in flight for its user is dead.
+    fn single_writer(&self) -> bool {
+        false
+    }
+
     /// Removes dedup records made before `before_ts_ms` (a backend with native expiry may do
     /// nothing and return 0). Returns how many were removed.
     async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize>;

@@ -1325,6 +1325,11 @@ impl super::log::MessageLog for LsmStore {
     async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize> {
         MessageStore::purge_dedup(self, before_ts_ms).await
     }
+
+    /// fjall locks its folder: no other process can write this log.
+    fn single_writer(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@
 //!   carry a deadline and are refused after it, so a hole this node has seen for longer than
 //!   `gap_settle` (well past any deadline) can never be filled: `read_stream` returns it as a `gap`
 //!   event. A younger hole ends the page early, so a device syncs again instead of skipping it.
+//!   With a log that only this process writes (the embedded one), a hole is a gap at once when
+//!   no write for that user is in flight here: after a crash and restart, nothing waits.
 //! - **Failure.** Redis or the log down: sends and reads fail with [`StoreError`] (`UNAVAILABLE`
 //!   to the client), nothing unacknowledged is claimed durable, and the next request after the
 //!   store is back works: the Redis connection reconnects by itself.
@@ -108,6 +110,8 @@ struct Shared {
     holes: Mutex<HashMap<(String, u64), Instant>>,
     /// Rebuilds on this node run one at a time.
     rebuild: tokio::sync::Mutex<()>,
+    /// Users with allocations or log writes in flight on this node -> how many.
+    writing: Mutex<HashMap<String, usize>>,
     /// (sender, clientMsgId) of appends in flight -> resends waiting for their outcome.
     inflight: Mutex<HashMap<SendKey, Vec<Reply<SendOutcome>>>>,
     /// The latest purge's cutoff: cached dedup entries older than it no longer count (Redis
@@ -127,6 +131,7 @@ impl SplitStore {
             holes: Mutex::new(HashMap::new()),
             rebuild: tokio::sync::Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
+            writing: Mutex::new(HashMap::new()),
             purged_before: AtomicI64::new(i64::MIN),
         });
         tokio::spawn(pipeline(shared.clone(), rx));
@@ -176,6 +181,11 @@ impl Shared {
         if jobs.is_empty() {
             return;
         }
+        // Held until each job's log write is over (dropped with the job on every other path).
+        let guards: Vec<Writing> = jobs
+            .iter()
+            .map(|job| Writing::new(self, job_users(job)))
+            .collect();
         let users: Vec<String> = jobs.iter().flat_map(job_users).collect();
         if let Err(e) = self.ensure_fresh(&users).await {
             for job in jobs.drain(..) {
@@ -196,14 +206,14 @@ impl Shared {
                 return;
             }
         };
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            self.dispatch(job, answer);
+        for ((job, answer), guard) in jobs.into_iter().zip(answers).zip(guards) {
+            self.dispatch(job, answer, guard);
         }
     }
 
     /// Starts the log write of one allocated request (enqueued now, in order) and finishes it on
     /// a task of its own.
-    fn dispatch(self: &Arc<Self>, job: Job, answer: Allocated) {
+    fn dispatch(self: &Arc<Self>, job: Job, answer: Allocated, guard: Writing) {
         let deadline = Instant::now() + self.opts.write_deadline;
         match (job, answer) {
             (job, Allocated::Stale(user)) => {
@@ -224,6 +234,7 @@ impl Shared {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let outcome = written.await;
+                    drop(guard);
                     match &outcome {
                         Ok(SendOutcome::Fresh(a)) => this.index_message(&msg, &a.sent).await,
                         // The log knew it, the cache did not: the original may have been logged
@@ -269,7 +280,9 @@ impl Shared {
                     deadline,
                 );
                 tokio::spawn(async move {
-                    let outcome = written.await.map(|()| ReadOutcome {
+                    let outcome = written.await;
+                    drop(guard);
+                    let outcome = outcome.map(|()| ReadOutcome {
                         unread,
                         receipts: Some((own, (peer, theirs))),
                     });
@@ -476,6 +489,40 @@ impl Shared {
     }
 }
 
+/// Marks users as having a log write in flight on this node while it lives.
+struct Writing {
+    shared: Arc<Shared>,
+    users: Vec<String>,
+}
+
+impl Writing {
+    fn new(shared: &Arc<Shared>, users: Vec<String>) -> Writing {
+        let mut writing = shared.writing.lock();
+        for user in &users {
+            *writing.entry(user.clone()).or_default() += 1;
+        }
+        drop(writing);
+        Writing {
+            shared: shared.clone(),
+            users,
+        }
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let mut writing = self.shared.writing.lock();
+        for user in &self.users {
+            if let Some(n) = writing.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    writing.remove(user);
+                }
+            }
+        }
+    }
+}
+
 fn conv_entry<'a>(
     convs: &'a mut BTreeMap<String, RebuiltConversation>,
     conversation: &str,
@@ -562,6 +609,11 @@ impl MessageStore for SplitStore {
                 has_more: after_seq < last,
             });
         }
+        // With a log only this process writes, a hole is dead at once unless this node has a write
+        // for the user in flight: taken after reading the counter (every seq up to it was
+        // allocated before) and before reading the log (a write that ends in between is read).
+        let quiet =
+            self.shared.log.single_writer() && !self.shared.writing.lock().contains_key(user);
         let logged = self.shared.log.read_events(user, after_seq, limit).await?;
         let mut page = StreamPage::default();
         let mut expected = after_seq + 1;
@@ -577,7 +629,9 @@ impl MessageStore for SplitStore {
                     logged.next(); // a log answering out of order; skip
                     continue;
                 }
-                _ if self.shared.settled(user, expected) => page.events.push(gap(expected)),
+                _ if quiet || self.shared.settled(user, expected) => {
+                    page.events.push(gap(expected))
+                }
                 _ => return Ok(page), // a hole still in flight: sync again later
             }
             expected += 1;
