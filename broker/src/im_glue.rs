@@ -96,7 +96,8 @@ impl Extension for ImExtension {
 
     fn on_session_close(&self, session: &Arc<Session>) {
         if let Some(user) = session.user() {
-            self.plugin.device_offline(user, session.conn_id);
+            self.plugin
+                .device_offline(user, session.client_id(), session.conn_id);
         }
     }
 }

@@ -77,7 +77,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = Authenticator::load(&cfg.auth, &cfg.data_dir)?;
     // Embedded: the LSM store, one journal sync per group commit (see BENCHMARKS.md).
     // Scale-out: the Redis index over a message log (see README, "Scale-out").
-    let store = store::open(&cfg.store, &cfg.data_dir, cfg.im.dedup_ttl_secs)
+    let store = store::open(&cfg.store, &cfg.data_dir, &cfg.im)
         .await
         .context("opening the store")?;
     let plugin = ImPlugin::open(cfg.im.clone(), auth, store.clone()).await?;

@@ -80,11 +80,14 @@ impl ImPlugin {
     }
 
     pub fn device_online(&self, link: Arc<dyn DeviceLink>) {
+        self.store
+            .device_online(link.user(), link.device(), link.conn_id());
         self.presence.add(link);
     }
 
-    pub fn device_offline(&self, user: &str, conn_id: u64) {
+    pub fn device_offline(&self, user: &str, device: &str, conn_id: u64) {
         self.presence.remove(user, conn_id);
+        self.store.device_offline(user, device, conn_id);
     }
 
     /// Handles one request from `link` on its uplink in `format`. The call decodes the request

@@ -237,3 +237,46 @@ async fn acked_messages_survive_kill_9_of_the_broker_and_holes_become_gaps_at_on
     );
     drop(redis);
 }
+
+/// alice's devices online in Redis, sorted, read with redis-cli.
+fn presence_in_redis(port: u16) -> Vec<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "HKEYS", "mqim:presence:5:alice"])
+        .output()
+        .expect("redis-cli (comes with redis-server)");
+    let mut devices: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    devices.sort();
+    devices
+}
+
+async fn wait_for_presence(port: u16, want: &[&str]) {
+    for _ in 0..100 {
+        if presence_in_redis(port) == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "alice's devices in Redis: {:?}, want {want:?}",
+        presence_in_redis(port)
+    );
+}
+
+/// Devices connected to the broker are online in Redis (for other nodes), and gone when they
+/// disconnect.
+#[tokio::test]
+async fn connected_devices_are_online_in_redis_until_they_disconnect() {
+    let rb = RedisBroker::start();
+    let port = rb.redis.port();
+    let phone = Device::connect(&rb.broker, "alice", "phone").await;
+    let laptop = Device::connect(&rb.broker, "alice", "laptop").await;
+    wait_for_presence(port, &["laptop", "phone"]).await;
+    phone.disconnect().await;
+    wait_for_presence(port, &["laptop"]).await;
+    laptop.disconnect().await;
+    wait_for_presence(port, &[]).await;
+}

@@ -1251,6 +1251,9 @@ impl InboxStore for LsmStore {
     }
 }
 
+/// One node: its own registry knows who is online.
+impl super::PresenceStore for LsmStore {}
+
 /// Log mode: the LSM store as the durable half of a [`super::split::SplitStore`] on one node
 /// (Redis keeps the seq counters and the inbox index). It writes at the seqs it is given and keeps
 /// none of the unread or recency rows; one data dir is used in one mode only.

@@ -199,10 +199,29 @@ pub trait InboxStore: Send + Sync + 'static {
     ) -> StoreResult<HistoryPage>;
 }
 
-/// Everything the IM service needs from storage.
-pub trait Store: MessageStore + InboxStore {}
+/// Which devices are online, across nodes, where the store is shared by several (the split
+/// store keeps it in Redis). A store of one node keeps nothing: the node's own registry
+/// ([`crate::presence::Presence`]) already knows.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Connection `conn_id` of this node has `device` of `user` online. Fire and forget: a
+    /// failure is logged, never the device's problem.
+    fn device_online(&self, _user: &str, _device: &str, _conn_id: u64) {}
 
-impl<T: MessageStore + InboxStore> Store for T {}
+    /// That connection closed (a newer connection holding the device is left alone).
+    fn device_offline(&self, _user: &str, _device: &str, _conn_id: u64) {}
+
+    /// `user`'s devices online on any node, with the node's id; `None` when the store does not
+    /// share presence.
+    async fn online_devices(&self, _user: &str) -> StoreResult<Option<Vec<(String, u16)>>> {
+        Ok(None)
+    }
+}
+
+/// Everything the IM service needs from storage.
+pub trait Store: MessageStore + InboxStore + PresenceStore {}
+
+impl<T: MessageStore + InboxStore + PresenceStore> Store for T {}
 
 /// Decodes a stored event that must be a message (what the history and recency indexes point at).
 pub(crate) fn decode_message(bytes: &[u8]) -> StoreResult<Message> {
@@ -222,8 +241,13 @@ pub(crate) fn decode_message(bytes: &[u8]) -> StoreResult<Message> {
 pub async fn open(
     cfg: &crate::config::StoreConfig,
     data_dir: &std::path::Path,
-    dedup_ttl_secs: u64,
+    im: &crate::config::ImConfig,
 ) -> StoreResult<std::sync::Arc<dyn Store>> {
+    let dedup_ttl_secs = im.dedup_ttl_secs;
+    let opts = split::SplitOptions {
+        node_id: im.node_id,
+        ..split::SplitOptions::default()
+    };
     use crate::config::StoreBackend;
     use std::sync::Arc;
 
@@ -233,7 +257,6 @@ pub async fn open(
         scylla.dedup_ttl_secs = u32::try_from(dedup_ttl_secs).unwrap_or(u32::MAX);
         let log = Arc::new(scylla_log::ScyllaLog::connect(&scylla).await?);
         let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
-        let opts = split::SplitOptions::default();
         return Ok(Arc::new(split::SplitStore::new(index, log, opts)));
     }
     let mode_file = data_dir.join("store-mode");
@@ -260,6 +283,5 @@ pub async fn open(
         return Ok(log);
     }
     let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
-    let opts = split::SplitOptions::default();
     Ok(Arc::new(split::SplitStore::new(index, log, opts)))
 }

@@ -29,6 +29,12 @@
 //!   dedup TTL: answers a resend without touching the log. A cache: the log's dedup record is the
 //!   truth. (~100 bytes per message for the TTL.)
 //!
+//! - `P:presence:U` hash: device -> `<node id>:<incarnation>:<connection id>` of the connection
+//!   that has it online, and `P:node:<node id>` string: that node's current incarnation (random
+//!   per start) with a short TTL the node keeps refreshing. A device counts as online only while
+//!   its node's incarnation is alive, so a crashed node's devices drop out by themselves. (~60
+//!   bytes per online device; nothing per message.)
+//!
 //! Scripts touch keys they build from a prefix (the unread sets of a user), so this is for a
 //! single Redis (with replicas/Sentinel), not Redis Cluster.
 
@@ -130,6 +136,8 @@ pub struct RedisIndex {
     read: Script,
     apply: Script,
     restore: Script,
+    offline: Script,
+    online: Script,
 }
 
 /// Allocates seqs for `#KEYS - 1` users (KEYS[1..]), unless KEYS[#KEYS] (the dedup cache key)
@@ -217,6 +225,31 @@ redis.call('HSET', KEYS[1], 'n', n, 'rid', ARGV[1])
 return n
 ";
 
+/// Removes a device's presence only if the given connection still holds it (a newer connection,
+/// on this node or another, may have taken the device over). KEYS: 1 presence. ARGV: 1 device,
+/// 2 holder.
+const OFFLINE_LUA: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+";
+
+/// The user's devices whose node incarnation is alive; forgets the others. KEYS: 1 presence.
+/// ARGV: 1 prefix of node keys. Returns {device, node id, ...}.
+const ONLINE_LUA: &str = r"
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local node, inc = string.match(all[i + 1], '^(%d+):([^:]+):')
+  if node and redis.call('GET', ARGV[1] .. node) == inc then
+    out[#out + 1] = all[i]
+    out[#out + 1] = node
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+";
+
 /// A msgid as a sorted-set member: 20 digits, so bytewise order is numeric order.
 fn padded(msg_id: u64) -> String {
     format!("{msg_id:020}")
@@ -245,6 +278,8 @@ impl RedisIndex {
             read: Script::new(READ_LUA),
             apply: Script::new(APPLY_LUA),
             restore: Script::new(RESTORE_LUA),
+            offline: Script::new(OFFLINE_LUA),
+            online: Script::new(ONLINE_LUA),
         };
         index.refresh_run_id().await?;
         Ok(index)
@@ -469,6 +504,60 @@ impl RedisIndex {
         call.invoke_async(&mut self.conn.clone())
             .await
             .map_err(redis_error)
+    }
+}
+
+/// Presence of devices across nodes.
+impl RedisIndex {
+    /// Keeps this node's incarnation alive for `ttl`; call more often than that.
+    pub async fn node_alive(&self, node: u16, incarnation: &str, ttl: Duration) -> StoreResult<()> {
+        redis::cmd("SET")
+            .arg(format!("{}:node:{node}", self.prefix))
+            .arg(incarnation)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)
+    }
+
+    /// `device` of `user` is online through `holder` (`<node>:<incarnation>:<connection>`).
+    pub async fn device_online(&self, user: &str, device: &str, holder: &str) -> StoreResult<()> {
+        redis::cmd("HSET")
+            .arg(self.user_key("presence", user))
+            .arg(device)
+            .arg(holder)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)
+    }
+
+    /// `holder`'s connection of `device` closed; a newer holder is left alone.
+    pub async fn device_offline(&self, user: &str, device: &str, holder: &str) -> StoreResult<()> {
+        self.offline
+            .key(self.user_key("presence", user))
+            .arg(device)
+            .arg(holder)
+            .invoke_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)
+    }
+
+    /// The devices of `user` online on any live node, with that node's id.
+    pub async fn online_devices(&self, user: &str) -> StoreResult<Vec<(String, u16)>> {
+        let flat: Vec<String> = self
+            .online
+            .key(self.user_key("presence", user))
+            .arg(format!("{}:node:", self.prefix))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_error)?;
+        flat.chunks(2)
+            .map(|pair| match pair {
+                [device, node] => Ok((device.clone(), node.parse().map_err(StoreError::new)?)),
+                _ => Err(StoreError::new("Redis answered an odd presence list")),
+            })
+            .collect()
     }
 }
 

@@ -48,7 +48,7 @@ use super::log::{MessageLog, MessageSeqs};
 use super::redis_index::{AllocRequest, Allocated, RebuiltConversation, RedisIndex};
 use super::{
     ConversationPage, ConversationSummary, HistoryPage, InboxStore, MessageStore, NewMessage,
-    ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult, StreamPage,
+    PresenceStore, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult, StreamPage,
 };
 
 /// Timing of the split store.
@@ -61,6 +61,10 @@ pub struct SplitOptions {
     pub gap_settle: Duration,
     /// Requests waiting for the pipeline beyond which new ones fail fast.
     pub queue: usize,
+    /// This node's id (`im.node_id`), recorded with the devices online here.
+    pub node_id: u16,
+    /// How long this node's devices count as online after it stops refreshing (it crashed).
+    pub presence_ttl: Duration,
 }
 
 impl Default for SplitOptions {
@@ -69,6 +73,8 @@ impl Default for SplitOptions {
             write_deadline: Duration::from_secs(5),
             gap_settle: Duration::from_secs(15),
             queue: 16 * 1024,
+            node_id: 0,
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -98,6 +104,14 @@ enum Job {
 pub struct SplitStore {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
+    presence: mpsc::Sender<PresenceChange>,
+}
+
+struct PresenceChange {
+    online: bool,
+    user: String,
+    device: String,
+    conn_id: u64,
 }
 
 struct Shared {
@@ -114,6 +128,8 @@ struct Shared {
     writing: Mutex<HashMap<String, usize>>,
     /// (sender, clientMsgId) of appends in flight -> resends waiting for their outcome.
     inflight: Mutex<HashMap<SendKey, Vec<Reply<SendOutcome>>>>,
+    /// Random per start: devices recorded online by an earlier run of this node are not online.
+    incarnation: String,
     /// The latest purge's cutoff: cached dedup entries older than it no longer count (Redis
     /// expires them by TTL; this makes a purge take effect at once, as the contract says).
     purged_before: AtomicI64,
@@ -133,9 +149,34 @@ impl SplitStore {
             inflight: Mutex::new(HashMap::new()),
             writing: Mutex::new(HashMap::new()),
             purged_before: AtomicI64::new(i64::MIN),
+            incarnation: format!("{:016x}", rand::random::<u64>()),
         });
         tokio::spawn(pipeline(shared.clone(), rx));
-        SplitStore { shared, queue }
+        tokio::spawn(keep_node_alive(Arc::downgrade(&shared)));
+        let (presence, changes) = mpsc::channel(opts.queue.max(1));
+        tokio::spawn(apply_presence(shared.clone(), changes));
+        SplitStore {
+            shared,
+            queue,
+            presence,
+        }
+    }
+
+    /// Queues a presence change; one task applies them in order, so a connection's offline never
+    /// overtakes its online.
+    fn presence_change(&self, online: bool, user: &str, device: &str, conn_id: u64) {
+        let change = PresenceChange {
+            online,
+            user: user.to_string(),
+            device: device.to_string(),
+            conn_id,
+        };
+        if self.presence.try_send(change).is_err() {
+            warn!(
+                user,
+                device, "presence updates are backed up; one was dropped"
+            );
+        }
     }
 
     fn enqueue(&self, job: Job) -> Result<(), StoreError> {
@@ -155,7 +196,49 @@ async fn pipeline(shared: Arc<Shared>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Refreshes this node's incarnation in Redis while the store lives, three times per TTL.
+async fn keep_node_alive(shared: std::sync::Weak<Shared>) {
+    loop {
+        let Some(this) = shared.upgrade() else { return };
+        let ttl = this.opts.presence_ttl;
+        if let Err(e) = this
+            .index
+            .node_alive(this.opts.node_id, &this.incarnation, ttl)
+            .await
+        {
+            warn!(error = %e, "could not refresh this node's presence in Redis");
+        }
+        drop(this);
+        tokio::time::sleep(ttl / 3).await;
+    }
+}
+
+/// Applies presence changes in the order they happened, until the store is dropped.
+async fn apply_presence(shared: Arc<Shared>, mut changes: mpsc::Receiver<PresenceChange>) {
+    while let Some(c) = changes.recv().await {
+        let holder = shared.presence_holder(c.conn_id);
+        let done = if c.online {
+            shared
+                .index
+                .device_online(&c.user, &c.device, &holder)
+                .await
+        } else {
+            shared
+                .index
+                .device_offline(&c.user, &c.device, &holder)
+                .await
+        };
+        if let Err(e) = done {
+            warn!(user = c.user, device = c.device, error = %e, "could not update presence in Redis");
+        }
+    }
+}
+
 impl Shared {
+    fn presence_holder(&self, conn_id: u64) -> String {
+        format!("{}:{}:{conn_id}", self.opts.node_id, self.incarnation)
+    }
+
     async fn run_batch(self: &Arc<Self>, jobs: Vec<Job>) {
         // Resends of an append in flight wait for it instead of allocating again.
         let mut jobs: Vec<Job> = jobs
@@ -665,6 +748,21 @@ impl MessageStore for SplitStore {
 }
 
 #[async_trait]
+impl PresenceStore for SplitStore {
+    fn device_online(&self, user: &str, device: &str, conn_id: u64) {
+        self.presence_change(true, user, device, conn_id);
+    }
+
+    fn device_offline(&self, user: &str, device: &str, conn_id: u64) {
+        self.presence_change(false, user, device, conn_id);
+    }
+
+    async fn online_devices(&self, user: &str) -> StoreResult<Option<Vec<(String, u16)>>> {
+        self.shared.index.online_devices(user).await.map(Some)
+    }
+}
+
+#[async_trait]
 impl InboxStore for SplitStore {
     fn mark_read(
         &self,
@@ -1072,6 +1170,64 @@ mod tests {
             .is_err());
         assert_eq!(MessageLog::max_seq(f.log.as_ref(), "a").await.unwrap(), 0);
         assert!(f.log.read_events("b", 0, 10).await.unwrap().is_empty());
+    }
+
+    /// Waits (up to 5 s) until `user`'s online devices are `want`.
+    async fn wait_online(store: &SplitStore, user: &str, want: &[(&str, u16)]) {
+        let want: Vec<(String, u16)> = want.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        let mut got = None;
+        for _ in 0..100 {
+            let mut now = store.online_devices(user).await.unwrap().unwrap();
+            now.sort();
+            if now == want {
+                return;
+            }
+            got = Some(now);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{user} online: {got:?}, want {want:?}");
+    }
+
+    /// Presence across two nodes on one Redis: a takeover on another node survives the old
+    /// connection's close, and a node that stops refreshing (crashed) takes its devices with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn presence_follows_takeovers_and_dies_with_its_node() {
+        let redis = RedisServer::start();
+        let cfg = RedisConfig {
+            url: redis.url(),
+            ..RedisConfig::default()
+        };
+        let dirs = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let node = |id: u16, dir: &TempDir| {
+            let log = Arc::new(LsmStore::open(dir.path()).unwrap());
+            let cfg = cfg.clone();
+            async move {
+                let index = RedisIndex::connect(&cfg, 3600).await.unwrap();
+                let opts = SplitOptions {
+                    node_id: id,
+                    presence_ttl: Duration::from_millis(600),
+                    ..SplitOptions::default()
+                };
+                SplitStore::new(index, log, opts)
+            }
+        };
+        let one = node(1, &dirs.0).await;
+        let two = node(2, &dirs.1).await;
+
+        one.device_online("alice", "phone", 7);
+        one.device_online("alice", "laptop", 8);
+        wait_online(&one, "alice", &[("laptop", 1), ("phone", 1)]).await;
+        // The phone reconnects through node 2, then node 1 notices its old connection closed.
+        two.device_online("alice", "phone", 3);
+        one.device_offline("alice", "phone", 7);
+        wait_online(&two, "alice", &[("laptop", 1), ("phone", 2)]).await;
+        // A connection that closes at once is offline, whatever the order Redis saw.
+        one.device_online("bob", "tablet", 9);
+        one.device_offline("bob", "tablet", 9);
+        wait_online(&one, "bob", &[]).await;
+        // Node 1 dies: its incarnation expires and its devices with it.
+        drop(one);
+        wait_online(&two, "alice", &[("phone", 2)]).await;
     }
 
     /// Deletes the keys matching `pattern`; returns them.
