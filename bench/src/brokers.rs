@@ -2,7 +2,9 @@
 //!
 //! This file owns the process side of the harness: free loopback ports, a fresh temporary data
 //! dir per broker instance, mqim's environment contract (`MQIM_DATA_DIR`, `MQIM_MQTT_LISTEN`,
-//! `MQIM_WS_LISTEN`, `MQIM_AUTH_HS256_SECRET`, `RUST_LOG`), a generated Mosquitto config (never
+//! `MQIM_WS_LISTEN`, `MQIM_AUTH_HS256_SECRET`, `MQIM_STORE_BACKEND`, `MQIM_REDIS_URL`,
+//! `RUST_LOG`), the `redis-server` of an mqim instance on the `redis+embedded` store (one per
+//! instance, as fresh as its data dir, stopped with it), a generated Mosquitto config (never
 //! the system service), readiness checks (the port accepts and an MQTT CONNECT + SUBSCRIBE
 //! succeeds), the broker's RSS from `/proc/<pid>/status`, and the credentials each broker expects
 //! (mqim: user id + HS256 JWT; Mosquitto: anonymous).
@@ -36,6 +38,29 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Where mqim keeps its data (`MQIM_STORE_BACKEND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Store {
+    /// Everything in the data dir.
+    #[value(name = "embedded")]
+    Embedded,
+    /// Seq counters, unread index and dedup cache in Redis; the message log in the data dir.
+    #[value(name = "redis+embedded")]
+    RedisEmbedded,
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Store::Embedded => "embedded",
+            Store::RedisEmbedded => "redis+embedded",
+        })
+    }
+}
+
+/// Settings of the harness's `redis-server`; printed into BENCHMARKS.md.
+pub const REDIS_SETTINGS: &str = "loopback, save \"\", appendonly no, one per mqim instance";
+
 /// Mosquitto settings the harness uses; printed into BENCHMARKS.md.
 pub const MOSQUITTO_SETTINGS: &str = "allow_anonymous true, persistence false, \
 max_queued_messages 1000000, max_queued_bytes 0, max_inflight_messages 20 (default), \
@@ -50,6 +75,18 @@ pub struct BrokerSpec {
     pub kind: Kind,
     pub bin: PathBuf,
     pub auth: Auth,
+    /// mqim's store shape (ignored for Mosquitto).
+    pub store: Store,
+}
+
+impl BrokerSpec {
+    /// "mqim (redis+embedded)" or "Mosquitto", for logs and problems.
+    pub fn name(&self) -> String {
+        match self.kind {
+            Kind::Mqim => format!("mqim ({})", self.store),
+            Kind::Mosquitto => self.kind.to_string(),
+        }
+    }
 }
 
 /// Credentials: mqim wants username = user id and password = HS256 JWT; Mosquitto runs anonymous.
@@ -107,7 +144,7 @@ pub fn up_topic(user: &str, device: &str) -> String {
     format!("im/{user}/{device}/up/json")
 }
 
-/// A running broker (killed when dropped).
+/// A running broker (killed when dropped, with its Redis).
 pub struct Broker {
     pub spec: BrokerSpec,
     pub port: u16,
@@ -115,6 +152,8 @@ pub struct Broker {
     dir: tempfile::TempDir,
     child: Option<Child>,
     restarts: u32,
+    /// mqim's Redis on the `redis+embedded` store; it outlives broker restarts.
+    redis: Option<Redis>,
 }
 
 fn free_port() -> Result<u16> {
@@ -142,7 +181,11 @@ impl Broker {
             dir,
             child: None,
             restarts: 0,
+            redis: None,
         };
+        if spec.kind == Kind::Mqim && spec.store == Store::RedisEmbedded {
+            broker.redis = Some(Redis::start(&broker.dir.path().join("redis.log")).await?);
+        }
         if spec.kind == Kind::Mosquitto {
             std::fs::write(
                 broker.dir.path().join("mosquitto.conf"),
@@ -201,7 +244,11 @@ impl Broker {
                     // person: the abuse limits would measure themselves, not the broker.
                     .env("MQIM_MAX_CONNECTS_PER_IP", "0")
                     .env("MQIM_MAX_SENDS_PER_SEC", "0")
+                    .env("MQIM_STORE_BACKEND", self.spec.store.to_string())
                     .env("RUST_LOG", "warn");
+                if let Some(redis) = &self.redis {
+                    cmd.env("MQIM_REDIS_URL", redis.url());
+                }
             }
             Kind::Mosquitto => {
                 cmd.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
@@ -319,7 +366,7 @@ impl Broker {
         Ok(t0.elapsed())
     }
 
-    /// Asks the broker to stop (SIGTERM), SIGKILLs it after 5 s.
+    /// Asks the broker to stop (SIGTERM), SIGKILLs it after 5 s; then stops its Redis.
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
@@ -336,12 +383,118 @@ impl Broker {
                 let _ = child.wait().await;
             }
         }
+        if let Some(redis) = self.redis.take() {
+            redis.stop().await;
+        }
+    }
+
+    /// The lines of the broker's current log that are warnings or errors.
+    pub fn log_warnings(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("warn") || l.contains("error")
+            })
+            .map(str::to_string)
+            .collect()
     }
 
     /// The last lines of the broker's log.
     pub fn log_tail(&self) -> String {
         log_tail(&self.log_path())
     }
+}
+
+/// A `redis-server` on a free loopback port without persistence, SIGKILLed when stopped or dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one and waits until it answers PING; its output goes to `log`.
+    async fn start(log: &Path) -> Result<Redis> {
+        // A free port may be taken before Redis binds it; Redis then exits and we try another.
+        for _ in 0..3 {
+            let port = free_port()?;
+            let out = std::fs::File::create(log)?;
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out.try_clone()?))
+                .stderr(Stdio::from(out))
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawning redis-server (apt-get install redis-server)")?;
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while child.try_wait()?.is_none() {
+                if redis_ping(port).await {
+                    // Still ours: another server on the port would have made this one exit.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if child.try_wait()?.is_none() {
+                        return Ok(Redis { child, port });
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "redis-server did not answer PING on port {port} within {READY_TIMEOUT:?}; \
+                         log:\n{}",
+                        log_tail(log)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        bail!(
+            "redis-server exited at start-up three times; log:\n{}",
+            log_tail(log)
+        )
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn stop(mut self) {
+        self.child.start_kill().ok();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Whether a Redis answers PING on the loopback `port`.
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        s.write_all(b"PING\r\n").await?;
+        let mut answer = [0u8; 7];
+        s.read_exact(&mut answer).await?;
+        std::io::Result::Ok(&answer == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// `redis-server --version`'s first words, e.g. "Redis server v=7.0.15".
+pub fn redis_version() -> String {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "redis-server not found".into())
 }
 
 fn log_tail(path: &Path) -> String {

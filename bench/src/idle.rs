@@ -268,6 +268,8 @@ pub async fn run(ctx: &Ctx) -> Section {
          of 100)."
             .into(),
     );
+    sec.notes
+        .push("mqim runs its embedded store in this scenario (`--stores` applies to throughput and latency).".into());
     for (kind, r) in [(Kind::Mqim, &mqim), (Kind::Mosquitto, &mosq)] {
         r.note_failure(kind, ctx.require_mqim, &mut sec);
         if let Some(o) = r.done() {

@@ -5,8 +5,9 @@
 //! hands it, round-robin over the P pairs, to the sender's writer task; it never waits for
 //! acknowledgements. The scheduled time travels in the clientMsgId and the receiver records
 //! `receipt − scheduled` in an HdrHistogram, so a stalled broker shows up as latency rather than as
-//! a lower send rate (no coordinated omission). This file reports p50/p99/p99.9/max for both
-//! brokers, and how many messages were not delivered within the drain period.
+//! a lower send rate (no coordinated omission). This file reports p50/p99/p99.9/max for mqim (once
+//! per store shape, `--stores`) and Mosquitto, and how many messages were not delivered within the
+//! drain period.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 
 use crate::brokers::{Broker, Kind};
-use crate::report::{Row, Section};
+use crate::report::{self, Row, Section};
 use crate::throughput::{check_delivery, pct_ms};
 use crate::workload::{self, SendHalf, Totals};
 use crate::{BrokerRun, Ctx};
@@ -98,7 +99,61 @@ pub async fn run_one(
     })
 }
 
-/// Runs the scenario on both brokers.
+/// The table rows of one mqim run `a` against the Mosquitto run `b`.
+fn rows(a: Option<&LatencyOutcome>, b: Option<&LatencyOutcome>) -> Vec<Row> {
+    type G<'a> = &'a dyn Fn(&LatencyOutcome) -> Option<f64>;
+    let f = |o: Option<&LatencyOutcome>, g: G| o.and_then(g);
+    let mut rows = Vec::new();
+    for (label, q) in [
+        ("**p50**", 0.5),
+        ("p90", 0.9),
+        ("**p99**", 0.99),
+        ("**p99.9**", 0.999),
+    ] {
+        rows.push(Row::num(
+            &format!("{label} latency (ms) (lower is better)"),
+            f(a, &|o| pct_ms(&o.histogram, q)),
+            f(b, &|o| pct_ms(&o.histogram, q)),
+            2,
+        ));
+    }
+    let max =
+        |o: &LatencyOutcome| (!o.histogram.is_empty()).then(|| o.histogram.max() as f64 / 1000.0);
+    rows.push(Row::num("**max** latency (ms)", f(a, &max), f(b, &max), 2));
+    rows.push(Row::count(
+        "messages offered",
+        f(a, &|o| Some(o.offered as f64)),
+        f(b, &|o| Some(o.offered as f64)),
+    ));
+    rows.push(Row::count(
+        "delivered (unique)",
+        f(a, &|o| Some(o.totals.delivered as f64)),
+        f(b, &|o| Some(o.totals.delivered as f64)),
+    ));
+    let missing =
+        |o: &LatencyOutcome| Some(o.totals.published.saturating_sub(o.totals.delivered) as f64);
+    rows.push(Row::count(
+        "not delivered within the drain period",
+        f(a, &missing),
+        f(b, &missing),
+    ));
+    let rate = |o: &LatencyOutcome| Some(o.totals.delivered as f64 / o.duration.as_secs_f64());
+    rows.push(Row::num(
+        "achieved delivery rate (msg/s)",
+        f(a, &rate),
+        f(b, &rate),
+        0,
+    ));
+    rows.push(Row::plain(
+        "worst pacer lateness (ms)",
+        f(a, &|o| Some(o.max_pacer_lag.as_secs_f64() * 1000.0)),
+        f(b, &|o| Some(o.max_pacer_lag.as_secs_f64() * 1000.0)),
+        2,
+    ));
+    rows
+}
+
+/// Runs the scenario on mqim (once per store shape) and Mosquitto.
 pub async fn run(ctx: &Ctx) -> Section {
     let s = &ctx.settings;
     let (p, rate, d, dr) = (s.pairs, s.rate, s.duration, s.drain);
@@ -108,77 +163,25 @@ pub async fn run(ctx: &Ctx) -> Section {
     sec.param("duration", format!("{} s", d.as_secs_f64()));
     sec.param("text", "256 bytes");
     eprintln!("[mqim-bench] scenario latency: {p} pairs, {rate} msg/s, {d:?}");
-    let mqim = ctx
-        .on_broker(Kind::Mqim, async |b: &mut Broker| {
-            run_one(b, p, rate, d, dr).await
-        })
-        .await;
+    let mut mqim = Vec::new();
+    for &store in &ctx.stores {
+        let r = ctx
+            .on_store(Kind::Mqim, store, async |b: &mut Broker| {
+                run_one(b, p, rate, d, dr).await
+            })
+            .await;
+        mqim.push((store, r));
+    }
     let mosq = ctx
         .on_broker(Kind::Mosquitto, async |b: &mut Broker| {
             run_one(b, p, rate, d, dr).await
         })
         .await;
-    let (a, b) = (mqim.done(), mosq.done());
-    type G<'a> = &'a dyn Fn(&LatencyOutcome) -> Option<f64>;
-    let f = |o: Option<&LatencyOutcome>, g: G| o.and_then(g);
-    for (label, q) in [
-        ("**p50**", 0.5),
-        ("p90", 0.9),
-        ("**p99**", 0.99),
-        ("**p99.9**", 0.999),
-    ] {
-        sec.rows.push(Row::num(
-            &format!("{label} latency (ms) (lower is better)"),
-            f(a, &|o| pct_ms(&o.histogram, q)),
-            f(b, &|o| pct_ms(&o.histogram, q)),
-            2,
-        ));
-    }
-    sec.rows.push(Row::num(
-        "**max** latency (ms)",
-        f(a, &|o| {
-            (!o.histogram.is_empty()).then(|| o.histogram.max() as f64 / 1000.0)
-        }),
-        f(b, &|o| {
-            (!o.histogram.is_empty()).then(|| o.histogram.max() as f64 / 1000.0)
-        }),
-        2,
-    ));
-    sec.rows.push(Row::count(
-        "messages offered",
-        f(a, &|o| Some(o.offered as f64)),
-        f(b, &|o| Some(o.offered as f64)),
-    ));
-    sec.rows.push(Row::count(
-        "delivered (unique)",
-        f(a, &|o| Some(o.totals.delivered as f64)),
-        f(b, &|o| Some(o.totals.delivered as f64)),
-    ));
-    sec.rows.push(Row::count(
-        "not delivered within the drain period",
-        f(a, &|o| {
-            Some(o.totals.published.saturating_sub(o.totals.delivered) as f64)
-        }),
-        f(b, &|o| {
-            Some(o.totals.published.saturating_sub(o.totals.delivered) as f64)
-        }),
-    ));
-    sec.rows.push(Row::num(
-        "achieved delivery rate (msg/s)",
-        f(a, &|o| {
-            Some(o.totals.delivered as f64 / o.duration.as_secs_f64())
-        }),
-        f(b, &|o| {
-            Some(o.totals.delivered as f64 / o.duration.as_secs_f64())
-        }),
-        0,
-    ));
-    sec.rows.push(Row::plain(
-        "worst pacer lateness (ms)",
-        f(a, &|o| Some(o.max_pacer_lag.as_secs_f64() * 1000.0)),
-        f(b, &|o| Some(o.max_pacer_lag.as_secs_f64() * 1000.0)),
-        2,
-    ));
+    let per_store: Vec<(String, Vec<Row>)> = mqim
+        .iter()
+        .map(|(store, r)| (store.to_string(), rows(r.done(), mosq.done())))
+        .collect();
+    report::add_store_rows(&mut sec, &per_store);
     sec.notes.push(
         "Latency runs from the *scheduled* send time (open loop, no coordinated omission) to the \
          receiver's read of the event (mqim) or PUBLISH (Mosquitto); it includes the load \
@@ -186,10 +189,14 @@ pub async fn run(ctx: &Ctx) -> Section {
          at all are counted above, not in the percentiles."
             .into(),
     );
-    for (kind, r) in [(Kind::Mqim, &mqim), (Kind::Mosquitto, &mosq)] {
-        r.note_failure(kind, ctx.require_mqim, &mut sec);
+    let runs = mqim
+        .iter()
+        .map(|(store, r)| (Kind::Mqim, format!("mqim ({store})"), r))
+        .chain([(Kind::Mosquitto, Kind::Mosquitto.to_string(), &mosq)]);
+    for (kind, who, r) in runs {
+        r.note_failure_as(kind, &who, ctx.require_mqim, &mut sec);
         if let BrokerRun::Done(o) = r {
-            check_delivery(kind, &o.totals, &o.first_error, dr, &mut sec);
+            check_delivery(&who, &o.totals, &o.first_error, dr, &mut sec);
         }
     }
     sec

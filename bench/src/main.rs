@@ -1,10 +1,11 @@
 //! `mqim-bench`: the load generator and harness that measures mqim against Mosquitto in one run.
 //!
 //! This file owns the command line, the resolved options (`--quick` defaults), raising
-//! RLIMIT_NOFILE, the tokio runtime, running the chosen scenarios against both brokers in order,
-//! and the exit code. Each scenario lives in its own file (`idle.rs`, `throughput.rs`,
-//! `latency.rs`, `storm.rs`); brokers are started by `brokers.rs`, the MQTT client is `client.rs`,
-//! the sender/receiver workload is `workload.rs`, and tables/`BENCHMARKS.md` are `report.rs`.
+//! RLIMIT_NOFILE, the tokio runtime, running the chosen scenarios against both brokers in order
+//! (mqim once per `--stores` shape where a scenario compares them), and the exit code. Each
+//! scenario lives in its own file (`idle.rs`, `throughput.rs`, `latency.rs`, `storm.rs`); brokers
+//! are started by `brokers.rs`, the MQTT client is `client.rs`, the sender/receiver workload is
+//! `workload.rs`, and tables/`BENCHMARKS.md` are `report.rs`.
 
 mod brokers;
 mod client;
@@ -23,7 +24,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rand::Rng;
 
-use brokers::{Auth, Broker, BrokerSpec, Kind};
+use brokers::{Auth, Broker, BrokerSpec, Kind, Store};
 use report::{RunInfo, Section};
 
 #[derive(Parser, Debug)]
@@ -79,6 +80,16 @@ struct Opts {
         default_value = "mqim,mosquitto"
     )]
     brokers: Vec<String>,
+    /// mqim store shapes that throughput and latency run, each against the same Mosquitto run
+    /// (comma-separated; idle and storm use embedded). redis+embedded starts a redis-server per
+    /// mqim instance.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "embedded,redis+embedded"
+    )]
+    stores: Vec<Store>,
     /// Fail (exit non-zero) when mqim is missing or cannot serve.
     #[arg(long, global = true)]
     require_mqim: bool,
@@ -175,6 +186,8 @@ pub struct Ctx {
     pub settings: Settings,
     pub mqim: Option<Result<BrokerSpec, String>>,
     pub mosquitto: Option<Result<BrokerSpec, String>>,
+    /// mqim's store shapes for the scenarios that compare them, without repeats.
+    pub stores: Vec<Store>,
     pub require_mqim: bool,
 }
 
@@ -199,9 +212,20 @@ impl<T> BrokerRun<T> {
 
     /// Adds the failure of this run (if any) to the section.
     pub fn note_failure(&self, kind: Kind, require_mqim: bool, section: &mut Section) {
+        self.note_failure_as(kind, &kind.to_string(), require_mqim, section);
+    }
+
+    /// [`BrokerRun::note_failure`], naming the broker `who` (e.g. "mqim (redis+embedded)").
+    pub fn note_failure_as(
+        &self,
+        kind: Kind,
+        who: &str,
+        require_mqim: bool,
+        section: &mut Section,
+    ) {
         match self {
             BrokerRun::Unavailable(why) => {
-                let msg = format!("{kind} could not be started or does not serve: {why}");
+                let msg = format!("{who} could not be started or does not serve: {why}");
                 if kind == Kind::Mosquitto || require_mqim {
                     section.problems.push(msg);
                 } else {
@@ -210,7 +234,7 @@ impl<T> BrokerRun<T> {
             }
             BrokerRun::Failed(why) => section
                 .problems
-                .push(format!("{kind}: scenario failed: {why}")),
+                .push(format!("{who}: scenario failed: {why}")),
             BrokerRun::Skipped | BrokerRun::Done(_) => {}
         }
     }
@@ -224,21 +248,33 @@ impl Ctx {
         }
     }
 
-    /// Starts a fresh `kind` broker, runs `f` on it, stops it.
+    /// Starts a fresh `kind` broker (mqim on the embedded store), runs `f` on it, stops it.
     pub async fn on_broker<T, F>(&self, kind: Kind, f: F) -> BrokerRun<T>
+    where
+        F: AsyncFnOnce(&mut Broker) -> Result<T>,
+    {
+        self.on_store(kind, Store::Embedded, f).await
+    }
+
+    /// [`Ctx::on_broker`] with mqim on `store`.
+    pub async fn on_store<T, F>(&self, kind: Kind, store: Store, f: F) -> BrokerRun<T>
     where
         F: AsyncFnOnce(&mut Broker) -> Result<T>,
     {
         let spec = match self.spec(kind) {
             None => return BrokerRun::Skipped,
             Some(Err(why)) => return BrokerRun::Unavailable(why.clone()),
-            Some(Ok(spec)) => spec,
+            Some(Ok(spec)) => BrokerSpec {
+                store,
+                ..spec.clone()
+            },
         };
-        eprintln!("[mqim-bench] starting {kind}");
-        let mut broker = match Broker::start(spec).await {
+        let name = spec.name();
+        eprintln!("[mqim-bench] starting {name}");
+        let mut broker = match Broker::start(&spec).await {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("[mqim-bench] {kind} unavailable: {e:#}");
+                eprintln!("[mqim-bench] {name} unavailable: {e:#}");
                 return BrokerRun::Unavailable(format!("{e:#}"));
             }
         };
@@ -246,15 +282,25 @@ impl Ctx {
         let died = broker.exit_report();
         let alive = broker.pid().is_some();
         let tail = broker.log_tail();
+        let warnings = broker.log_warnings();
         broker.stop().await;
         match (r, died) {
-            (Ok(t), None) => BrokerRun::Done(t),
+            (Ok(t), None) => {
+                if !warnings.is_empty() {
+                    eprintln!(
+                        "[mqim-bench] {name} logged {} warnings/errors; first:\n{}",
+                        warnings.len(),
+                        warnings[..warnings.len().min(10)].join("\n")
+                    );
+                }
+                BrokerRun::Done(t)
+            }
             (Ok(_), Some(died)) => {
-                eprintln!("[mqim-bench] {kind} died during the scenario: {died}");
+                eprintln!("[mqim-bench] {name} died during the scenario: {died}");
                 BrokerRun::Failed(format!("the broker died during the scenario: {died}"))
             }
             (Err(e), died) => {
-                eprintln!("[mqim-bench] {kind} failed: {e:#}");
+                eprintln!("[mqim-bench] {name} failed: {e:#}");
                 let mut msg = format!("{e:#}");
                 if let Some(died) = died {
                     msg.push_str(&format!("; {died}"));
@@ -396,16 +442,24 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
                 kind,
                 bin: bin.to_path_buf(),
                 auth,
+                store: Store::Embedded,
             })
         } else {
             Err(format!("binary {} does not exist", bin.display()))
         }
     };
+    let mut stores = Vec::new();
+    for s in &cli.opts.stores {
+        if !stores.contains(s) {
+            stores.push(*s);
+        }
+    }
     let ctx = Ctx {
         settings: settings.clone(),
         mqim: selected("mqim").then(|| spec_for(Kind::Mqim, &mqim_bin, Auth::hs256(secret))),
         mosquitto: selected("mosquitto")
             .then(|| spec_for(Kind::Mosquitto, &mosquitto_bin, Auth::anonymous())),
+        stores,
         require_mqim: cli.opts.require_mqim,
     };
     if let Some(Err(why)) = &ctx.mqim {
@@ -421,13 +475,20 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
             || "not built".to_string(),
             |d| format!("built {}", report::format_utc(d.as_secs())),
         );
-    let brokers_line = format!(
+    let mut brokers_line = format!(
         "mqim `{}` ({mqim_built}); {} (`{}`; {})",
         mqim_bin.display(),
         brokers::mosquitto_version(&mosquitto_bin),
         mosquitto_bin.display(),
         brokers::MOSQUITTO_SETTINGS
     );
+    if ctx.stores.contains(&Store::RedisEmbedded) {
+        brokers_line.push_str(&format!(
+            "; mqim's Redis: {} ({})",
+            brokers::redis_version(),
+            brokers::REDIS_SETTINGS
+        ));
+    }
 
     let scenarios: &[Cmd] = match cli.command {
         Cmd::All => &[Cmd::Idle, Cmd::Throughput, Cmd::Latency, Cmd::Storm],

@@ -1,7 +1,7 @@
 //! Results: the per-scenario tables, run metadata, and `BENCHMARKS.md`.
 //!
 //! This file owns how numbers are shown (one table per scenario: metric, mqim, Mosquitto,
-//! mqim/Mosquitto), the run metadata every section carries (date, git commit, command line,
+//! mqim/Mosquitto; one row per mqim store shape where a scenario compares them), the run metadata every section carries (date, git commit, command line,
 //! machine), and the regeneration of `BENCHMARKS.md`: a fixed header followed by one
 //! marker-delimited "latest run" block per scenario; a run replaces the blocks of the scenarios it
 //! ran and keeps the others as they were.
@@ -29,6 +29,13 @@ pub enum Cell {
 }
 
 impl Cell {
+    fn value(&self) -> Option<f64> {
+        match self {
+            Cell::Num { value, .. } => Some(*value),
+            _ => None,
+        }
+    }
+
     fn render(&self) -> String {
         match self {
             Cell::Num { value, decimals } => fmt_num(*value, *decimals),
@@ -198,6 +205,48 @@ impl Section {
     }
 }
 
+/// Adds the rows of several mqim store shapes to `sec`, metric by metric: each metric gets one
+/// row per store shape, tagged with it and with its own ratio against the same Mosquitto value.
+/// `per_store` holds each shape's rows, all built by the same code (so in the same order). With
+/// two or more shapes, a note gives every later shape's ratios to the first one.
+pub fn add_store_rows(sec: &mut Section, per_store: &[(String, Vec<Row>)]) {
+    let metrics = per_store.first().map_or(0, |(_, rows)| rows.len());
+    for m in 0..metrics {
+        for (store, rows) in per_store {
+            sec.rows.push(Row {
+                metric: format!("{} · `{store}`", rows[m].metric),
+                ..rows[m].clone()
+            });
+        }
+    }
+    let Some((base, base_rows)) = per_store.first() else {
+        return;
+    };
+    for (store, rows) in &per_store[1..] {
+        let ratios: Vec<String> = base_rows
+            .iter()
+            .zip(rows)
+            .filter(|(b, _)| b.ratio.is_some())
+            .filter_map(|(b, r)| match (b.mqim.value(), r.mqim.value()) {
+                (Some(x), Some(y)) if x != 0.0 => {
+                    let name = b.metric.replace("**", "");
+                    let name = name
+                        .trim_end_matches(" (lower is better)")
+                        .trim_end_matches(" (higher is better)");
+                    Some(format!("{name} {:.2}×", y / x))
+                }
+                _ => None,
+            })
+            .collect();
+        if !ratios.is_empty() {
+            sec.notes.push(format!(
+                "mqim `{store}` / mqim `{base}`, same run: {}.",
+                ratios.join("; ")
+            ));
+        }
+    }
+}
+
 /// What every section says about the run.
 #[derive(Clone, Debug)]
 pub struct RunInfo {
@@ -316,10 +365,17 @@ Each scenario runs mqim and Mosquitto back to back in the same run, with the sam
 machine. The machine is small (2 cores, shared by broker and load generator) and noisy, so the
 numbers to read are the **mqim / Mosquitto ratios**, not the absolute values.
 
-- mqim: `target/release/mqim serve`, fresh data dir per instance, durable embedded store with its
-  default fsync policy, HS256 JWT auth (username = user id, password = token). A send is a request
-  on `im/U/C/up/json`, acknowledged by the `sent` reply; it is delivered when the recipient's
-  device gets the event on `im/R/D/down/json`.
+- mqim: `target/release/mqim serve`, fresh data dir per instance, HS256 JWT auth (username =
+  user id, password = token). A send is a request on `im/U/C/up/json`, acknowledged by the `sent`
+  reply; it is delivered when the recipient's device gets the event on `im/R/D/down/json`.
+- mqim store shapes (`--stores`, default both): `embedded` keeps everything in the data dir (the
+  durable fjall store with its default fsync policy); `redis+embedded` keeps seq counters, the
+  unread index and the dedup cache in a `redis-server` the harness starts for each mqim instance
+  (loopback, no persistence, stopped with the broker) and the message log in the data dir.
+  Throughput and latency run mqim once per store shape and Mosquitto once: each store shape has its
+  own rows, each with its ratio against the same Mosquitto run, and a note gives
+  `redis+embedded` / `embedded` (the cost of the Redis hop, same machine, same run). Idle
+  connections and the reconnect storm run mqim on the embedded store only.
 - Mosquitto: started by the harness with a generated config (loopback listener, anonymous,
   persistence off). A send is a bare QoS 1 PUBLISH of the same JSON bytes straight to the
   recipient's downlink topic, acknowledged by PUBACK. Mosquitto does much less work per message
@@ -405,6 +461,31 @@ mod tests {
         assert_eq!(fmt_num(12.0, 0), "12");
         assert_eq!(fmt_num(-1234.5, 1), "-1,234.5");
         assert_eq!(fmt_num(0.5, 2), "0.50");
+    }
+
+    #[test]
+    fn store_rows_interleave_per_metric() {
+        let rows = |rate: f64| {
+            vec![
+                Row::num("**msg/s**", Some(rate), Some(100.0), 0),
+                Row::count("errors", Some(0.0), Some(0.0)),
+            ]
+        };
+        let mut sec = Section::new("throughput");
+        add_store_rows(
+            &mut sec,
+            &[
+                ("embedded".into(), rows(50.0)),
+                ("redis+embedded".into(), rows(25.0)),
+            ],
+        );
+        let text = sec.render(&run());
+        assert!(text.contains(
+            "| **msg/s** · `embedded` | 50 | 100 | 0.50× |\n\
+             | **msg/s** · `redis+embedded` | 25 | 100 | 0.25× |\n\
+             | errors · `embedded` | 0 | 0 |  |\n"
+        ));
+        assert!(text.contains("- mqim `redis+embedded` / mqim `embedded`, same run: msg/s 0.50×."));
     }
 
     #[test]

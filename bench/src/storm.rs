@@ -364,6 +364,8 @@ pub async fn run(ctx: &Ctx) -> Section {
          are back is at least about one base delay."
             .into(),
     );
+    sec.notes
+        .push("mqim runs its embedded store in this scenario (`--stores` applies to throughput and latency).".into());
     for (kind, r) in [(Kind::Mqim, &mqim), (Kind::Mosquitto, &mosq)] {
         r.note_failure(kind, ctx.require_mqim, &mut sec);
         if let BrokerRun::Done(o) = r {

@@ -4,7 +4,8 @@
 //! un-acknowledged sends per sender allows, for a fixed duration. A send is acknowledged by mqim's
 //! `sent` reply (or an error reply) and by Mosquitto's PUBACK. This file reports the messages
 //! delivered to receivers per second of load (counted at the moment the load stops), then waits for
-//! the outstanding ones and checks that everything accepted was delivered exactly once.
+//! the outstanding ones and checks that everything accepted was delivered exactly once. mqim runs
+//! once per store shape (`--stores`), Mosquitto once.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 
 use crate::brokers::{Broker, Kind};
-use crate::report::{Row, Section};
+use crate::report::{self, Row, Section};
 use crate::workload::{self, SendHalf, Totals};
 use crate::{BrokerRun, Ctx};
 
@@ -107,7 +108,7 @@ pub async fn run_one(
 
 /// Checks that what was sent was delivered; adds problems/notes to `sec`.
 pub fn check_delivery(
-    kind: Kind,
+    kind: &str,
     t: &Totals,
     first_error: &Option<String>,
     drain: Duration,
@@ -172,7 +173,60 @@ pub fn pct_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
     }
 }
 
-/// Runs the scenario on both brokers.
+/// The table rows of one mqim run `a` against the Mosquitto run `b`.
+fn rows(a: Option<&ThroughputOutcome>, b: Option<&ThroughputOutcome>) -> Vec<Row> {
+    type G<'a> = &'a dyn Fn(&ThroughputOutcome) -> Option<f64>;
+    let f = |o: Option<&ThroughputOutcome>, g: G| o.and_then(g);
+    let mut rows = Vec::new();
+    let rate =
+        |o: &ThroughputOutcome| Some(o.delivered_in_window as f64 / o.duration.as_secs_f64());
+    rows.push(Row::num(
+        "**delivered messages/s** (higher is better)",
+        f(a, &rate),
+        f(b, &rate),
+        0,
+    ));
+    let acked_rate =
+        |o: &ThroughputOutcome| Some(o.acked_in_window as f64 / o.duration.as_secs_f64());
+    rows.push(Row::num(
+        "acknowledged sends/s",
+        f(a, &acked_rate),
+        f(b, &acked_rate),
+        0,
+    ));
+    rows.push(Row::count(
+        "sends published (total)",
+        f(a, &|o| Some(o.totals.published as f64)),
+        f(b, &|o| Some(o.totals.published as f64)),
+    ));
+    rows.push(Row::count(
+        "delivered after drain (unique)",
+        f(a, &|o| Some(o.totals.delivered as f64)),
+        f(b, &|o| Some(o.totals.delivered as f64)),
+    ));
+    rows.push(Row::count(
+        "error replies",
+        f(a, &|o| Some(o.totals.errors as f64)),
+        f(b, &|o| Some(o.totals.errors as f64)),
+    ));
+    rows.push(Row::plain(
+        "drain time after the load (s)",
+        f(a, &|o| Some(o.drain_time.as_secs_f64())),
+        f(b, &|o| Some(o.drain_time.as_secs_f64())),
+        2,
+    ));
+    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
+        rows.push(Row::num(
+            &format!("send→delivery latency under full load, {label} (ms)"),
+            f(a, &|o| pct_ms(&o.histogram, q)),
+            f(b, &|o| pct_ms(&o.histogram, q)),
+            2,
+        ));
+    }
+    rows
+}
+
+/// Runs the scenario on mqim (once per store shape) and Mosquitto.
 pub async fn run(ctx: &Ctx) -> Section {
     let s = &ctx.settings;
     let (p, w, d, dr) = (s.pairs, s.window, s.duration, s.drain);
@@ -182,77 +236,42 @@ pub async fn run(ctx: &Ctx) -> Section {
     sec.param("duration", format!("{} s", d.as_secs_f64()));
     sec.param("text", "256 bytes");
     eprintln!("[mqim-bench] scenario throughput: {p} pairs, window {w}, {d:?}");
-    let mqim = ctx
-        .on_broker(Kind::Mqim, async |b: &mut Broker| {
-            run_one(b, p, w, d, dr).await
-        })
-        .await;
+    let mut mqim = Vec::new();
+    for &store in &ctx.stores {
+        let r = ctx
+            .on_store(Kind::Mqim, store, async |b: &mut Broker| {
+                run_one(b, p, w, d, dr).await
+            })
+            .await;
+        mqim.push((store, r));
+    }
     let mosq = ctx
         .on_broker(Kind::Mosquitto, async |b: &mut Broker| {
             run_one(b, p, w, d, dr).await
         })
         .await;
-    let (a, b) = (mqim.done(), mosq.done());
-    type G<'a> = &'a dyn Fn(&ThroughputOutcome) -> Option<f64>;
-    let f = |o: Option<&ThroughputOutcome>, g: G| o.and_then(g);
-    let rate =
-        |o: &ThroughputOutcome| Some(o.delivered_in_window as f64 / o.duration.as_secs_f64());
-    sec.rows.push(Row::num(
-        "**delivered messages/s** (higher is better)",
-        f(a, &rate),
-        f(b, &rate),
-        0,
-    ));
-    let acked_rate =
-        |o: &ThroughputOutcome| Some(o.acked_in_window as f64 / o.duration.as_secs_f64());
-    sec.rows.push(Row::num(
-        "acknowledged sends/s",
-        f(a, &acked_rate),
-        f(b, &acked_rate),
-        0,
-    ));
-    sec.rows.push(Row::count(
-        "sends published (total)",
-        f(a, &|o| Some(o.totals.published as f64)),
-        f(b, &|o| Some(o.totals.published as f64)),
-    ));
-    sec.rows.push(Row::count(
-        "delivered after drain (unique)",
-        f(a, &|o| Some(o.totals.delivered as f64)),
-        f(b, &|o| Some(o.totals.delivered as f64)),
-    ));
-    sec.rows.push(Row::count(
-        "error replies",
-        f(a, &|o| Some(o.totals.errors as f64)),
-        f(b, &|o| Some(o.totals.errors as f64)),
-    ));
-    sec.rows.push(Row::plain(
-        "drain time after the load (s)",
-        f(a, &|o| Some(o.drain_time.as_secs_f64())),
-        f(b, &|o| Some(o.drain_time.as_secs_f64())),
-        2,
-    ));
-    for (label, q) in [("p50", 0.5), ("p99", 0.99)] {
-        sec.rows.push(Row::num(
-            &format!("send→delivery latency under full load, {label} (ms)"),
-            f(a, &|o| pct_ms(&o.histogram, q)),
-            f(b, &|o| pct_ms(&o.histogram, q)),
-            2,
-        ));
-    }
+    let per_store: Vec<(String, Vec<Row>)> = mqim
+        .iter()
+        .map(|(store, r)| (store.to_string(), rows(r.done(), mosq.done())))
+        .collect();
+    report::add_store_rows(&mut sec, &per_store);
     sec.notes.push(
         "Closed loop: each sender keeps at most `window` sends un-acknowledged (mqim: until the \
          `sent` reply; Mosquitto: until the PUBACK). Delivered/s counts unique receiver deliveries \
          up to the moment the load stops; deliveries still in flight are then drained and checked."
             .into(),
     );
-    for (kind, r) in [(Kind::Mqim, &mqim), (Kind::Mosquitto, &mosq)] {
-        r.note_failure(kind, ctx.require_mqim, &mut sec);
+    let runs = mqim
+        .iter()
+        .map(|(store, r)| (Kind::Mqim, format!("mqim ({store})"), r))
+        .chain([(Kind::Mosquitto, Kind::Mosquitto.to_string(), &mosq)]);
+    for (kind, who, r) in runs {
+        r.note_failure_as(kind, &who, ctx.require_mqim, &mut sec);
         if let BrokerRun::Done(o) = r {
-            check_delivery(kind, &o.totals, &o.first_error, dr, &mut sec);
+            check_delivery(&who, &o.totals, &o.first_error, dr, &mut sec);
             if kind == Kind::Mqim && o.totals.own_events > 0 {
                 sec.notes.push(format!(
-                    "mqim also sent {} events to the senders' own devices (the sender-side copy).",
+                    "{who} also sent {} events to the senders' own devices (the sender-side copy).",
                     o.totals.own_events
                 ));
             }
