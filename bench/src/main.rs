@@ -256,6 +256,20 @@ impl Ctx {
         self.on_store(kind, Store::Embedded, f).await
     }
 
+    /// Runs `f` on mqim once per store shape, then on Mosquitto: the comparison the throughput
+    /// and latency scenarios make.
+    pub async fn on_each_store<T, F>(&self, f: F) -> (Vec<(Store, BrokerRun<T>)>, BrokerRun<T>)
+    where
+        F: AsyncFn(&mut Broker) -> Result<T>,
+    {
+        let mut mqim = Vec::new();
+        for &store in &self.stores {
+            mqim.push((store, self.on_store(Kind::Mqim, store, &f).await));
+        }
+        let mosquitto = self.on_broker(Kind::Mosquitto, &f).await;
+        (mqim, mosquitto)
+    }
+
     /// [`Ctx::on_broker`] with mqim on `store`.
     pub async fn on_store<T, F>(&self, kind: Kind, store: Store, f: F) -> BrokerRun<T>
     where

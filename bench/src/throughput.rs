@@ -236,19 +236,8 @@ pub async fn run(ctx: &Ctx) -> Section {
     sec.param("duration", format!("{} s", d.as_secs_f64()));
     sec.param("text", "256 bytes");
     eprintln!("[mqim-bench] scenario throughput: {p} pairs, window {w}, {d:?}");
-    let mut mqim = Vec::new();
-    for &store in &ctx.stores {
-        let r = ctx
-            .on_store(Kind::Mqim, store, async |b: &mut Broker| {
-                run_one(b, p, w, d, dr).await
-            })
-            .await;
-        mqim.push((store, r));
-    }
-    let mosq = ctx
-        .on_broker(Kind::Mosquitto, async |b: &mut Broker| {
-            run_one(b, p, w, d, dr).await
-        })
+    let (mqim, mosq) = ctx
+        .on_each_store(async |b: &mut Broker| run_one(b, p, w, d, dr).await)
         .await;
     let per_store: Vec<(String, Vec<Row>)> = mqim
         .iter()
