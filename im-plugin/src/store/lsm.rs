@@ -50,15 +50,15 @@ use std::time::Instant;
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode, Slice};
 use futures::future::BoxFuture;
-use mqim_schemas::v1::{self, event, Event};
+use mqim_schemas::v1::Event;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::log::MessageSeqs;
 use super::{
-    decode_message, Appended, ConversationPage, ConversationSummary, HistoryPage, InboxStore,
-    MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult,
-    StreamPage,
+    decode_message, gap_event, receipt_event, Appended, ConversationPage, ConversationSummary,
+    HistoryPage, InboxStore, MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord,
+    StoreError, StoreResult, StreamPage,
 };
 
 const META_MAX_MSG_ID: &[u8] = b"max_msg_id";
@@ -513,7 +513,7 @@ impl<'a> Pending<'a> {
         let by_time_key = checked_key(by_time_key(msg.ts, &msg.from, &msg.client_msg_id))?;
         let mut rows = Vec::with_capacity(copies.len());
         for (owner, seq, conversation) in &copies {
-            let event = make_event(*seq, msg, conversation.clone());
+            let event = msg.event(*seq, conversation.clone());
             let row = event_row(owner, &event)?;
             let mut index_key = checked_key(user_conv_key(owner, conversation))?;
             index_key.extend_from_slice(&msg.msg_id.to_be_bytes());
@@ -595,13 +595,13 @@ impl<'a> Pending<'a> {
 
         let conversation = format!("u:{}", msg.to);
         let sender_seq = self.next_seq(&msg.from)?;
-        let sender_event = make_event(sender_seq, msg, conversation.clone());
+        let sender_event = msg.event(sender_seq, conversation.clone());
         let sender_row = event_row(&msg.from, &sender_event)?;
         let recipient = if msg.to == msg.from {
             None
         } else {
             let seq = self.next_seq(&msg.to)?;
-            let event = make_event(seq, msg, format!("u:{}", msg.from));
+            let event = msg.event(seq, format!("u:{}", msg.from));
             let row = event_row(&msg.to, &event)?;
             Some((seq, event, row))
         };
@@ -747,16 +747,8 @@ impl<'a> Pending<'a> {
             .filter(|_| !removed.is_empty());
         let receipts = match peer {
             Some(peer) => {
-                let receipt = |seq: u64, conversation: String| Event {
-                    seq,
-                    body: Some(event::Body::Read(v1::ReadReceipt {
-                        conversation,
-                        by: user.to_string(),
-                        msg_id: up_to,
-                    })),
-                };
-                let own = receipt(self.next_seq(user)?, conversation.to_string());
-                let theirs = receipt(self.next_seq(peer)?, format!("u:{user}"));
+                let own = receipt_event(self.next_seq(user)?, conversation.into(), user, up_to);
+                let theirs = receipt_event(self.next_seq(peer)?, format!("u:{user}"), user, up_to);
                 let rows = (event_row(user, &own)?, event_row(peer, &theirs)?);
                 Some((own, peer.to_string(), theirs, rows))
             }
@@ -1026,29 +1018,6 @@ fn check_deadline(deadline: Instant) -> StoreResult<()> {
         ));
     }
     Ok(())
-}
-
-fn gap_event(seq: u64) -> Event {
-    Event {
-        seq,
-        body: Some(event::Body::Gap(v1::Gap {})),
-    }
-}
-
-fn make_event(seq: u64, msg: &NewMessage, conversation: String) -> Event {
-    Event {
-        seq,
-        body: Some(event::Body::Message(v1::Message {
-            msg_id: msg.msg_id,
-            conversation,
-            from: msg.from.clone(),
-            ts: msg.ts,
-            client_msg_id: msg.client_msg_id.clone(),
-            text: msg.text.clone(),
-            body: msg.body.clone(),
-            r#type: msg.kind.clone(),
-        })),
-    }
 }
 
 /// The reply channel was dropped: the writer died mid-batch. Whether that batch committed is
@@ -1337,6 +1306,7 @@ impl super::log::MessageLog for LsmStore {
 
 #[cfg(test)]
 mod tests {
+    use mqim_schemas::v1::event;
     use std::collections::{BTreeMap, BTreeSet};
     use std::io::{BufRead as _, BufReader};
     use std::process::{Command, Stdio};

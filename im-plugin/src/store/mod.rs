@@ -39,6 +39,50 @@ pub struct NewMessage {
     pub kind: Option<String>,
 }
 
+impl NewMessage {
+    /// The message as the owner of a stream that calls the conversation `conversation` sees it.
+    pub(crate) fn to_message(&self, conversation: String) -> Message {
+        Message {
+            msg_id: self.msg_id,
+            conversation,
+            from: self.from.clone(),
+            ts: self.ts,
+            client_msg_id: self.client_msg_id.clone(),
+            text: self.text.clone(),
+            body: self.body.clone(),
+            r#type: self.kind.clone(),
+        }
+    }
+
+    /// This message as event `seq` of a stream whose owner calls the conversation `conversation`.
+    pub(crate) fn event(&self, seq: u64, conversation: String) -> Event {
+        Event {
+            seq,
+            body: Some(event::Body::Message(self.to_message(conversation))),
+        }
+    }
+}
+
+/// The placeholder event of a seq that will never hold anything.
+pub(crate) fn gap_event(seq: u64) -> Event {
+    Event {
+        seq,
+        body: Some(event::Body::Gap(mqim_schemas::v1::Gap {})),
+    }
+}
+
+/// Event `seq`: `by` read `conversation` (as the stream's owner calls it) up to `msg_id`.
+pub(crate) fn receipt_event(seq: u64, conversation: String, by: &str, msg_id: u64) -> Event {
+    Event {
+        seq,
+        body: Some(event::Body::Read(mqim_schemas::v1::ReadReceipt {
+            conversation,
+            by: by.to_string(),
+            msg_id,
+        })),
+    }
+}
+
 /// What the sender is told: the original `sent` result. Also what a resend gets back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SentRecord {

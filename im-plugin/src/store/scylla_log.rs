@@ -103,7 +103,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::log::{MessageLog, MessageSeqs};
-use super::{Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult};
+use super::{
+    gap_event, Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult,
+};
 use crate::msgid::EPOCH_MS;
 
 /// Bump when a table, key or value encoding changes.
@@ -634,9 +636,9 @@ impl Inner {
             Err(e) => Err(e),
         };
         // Not written fresh: the seqs given for this call must not stay holes.
-        let mut gaps = vec![(msg.from.clone(), gap(seqs.sender))];
+        let mut gaps = vec![(msg.from.clone(), gap_event(seqs.sender))];
         if let Some(seq) = seqs.recipient {
-            gaps.push((msg.to.clone(), gap(seq)));
+            gaps.push((msg.to.clone(), gap_event(seq)));
         }
         self.write_events(&gaps, deadline).await?;
         outcome
@@ -770,10 +772,10 @@ impl Inner {
         seqs: MessageSeqs,
         sent: SentRecord,
     ) -> StoreResult<(WriteBatch, Appended)> {
-        let sender_event = make_event(seqs.sender, msg, sent.conversation.clone());
+        let sender_event = msg.event(seqs.sender, sent.conversation.clone());
         let recipient_event = seqs
             .recipient
-            .map(|seq| make_event(seq, msg, format!("u:{}", msg.from)));
+            .map(|seq| msg.event(seq, format!("u:{}", msg.from)));
         let mut batch = WriteBatch::new();
         batch.event(&self.stmts, &msg.from, &sender_event)?;
         if let Some(event) = &recipient_event {
@@ -783,7 +785,7 @@ impl Inner {
         let (a, b) = pair(&msg.from, &msg.to);
         let day = history_day(msg.msg_id);
         // The conversation depends on who reads it: `history` fills it in.
-        let stored = message_of(msg, String::new());
+        let stored = msg.to_message(String::new());
         batch.push(
             &self.stmts.insert_history,
             (
@@ -1251,33 +1253,6 @@ fn validate(cfg: &ScyllaLogConfig) -> StoreResult<()> {
     Ok(())
 }
 
-fn make_event(seq: u64, msg: &NewMessage, conversation: String) -> Event {
-    Event {
-        seq,
-        body: Some(event::Body::Message(message_of(msg, conversation))),
-    }
-}
-
-fn message_of(msg: &NewMessage, conversation: String) -> v1::Message {
-    v1::Message {
-        msg_id: msg.msg_id,
-        conversation,
-        from: msg.from.clone(),
-        ts: msg.ts,
-        client_msg_id: msg.client_msg_id.clone(),
-        text: msg.text.clone(),
-        body: msg.body.clone(),
-        r#type: msg.kind.clone(),
-    }
-}
-
-fn gap(seq: u64) -> Event {
-    Event {
-        seq,
-        body: Some(event::Body::Gap(v1::Gap {})),
-    }
-}
-
 fn decode_event(owner: &str, seq: i64, blob: &[u8]) -> StoreResult<Event> {
     let event = Event::decode(blob)
         .map_err(|e| StoreError::new(format!("decoding {owner}'s event at seq {seq}: {e}")))?;
@@ -1543,7 +1518,9 @@ mod tests {
             .log_message(message("alice", "bob", "c1", 100), seqs(1, Some(1)), gone)
             .await;
         assert!(refused.is_err(), "{refused:?}");
-        let refused = log.log_events(vec![("alice".into(), gap(2))], gone).await;
+        let refused = log
+            .log_events(vec![("alice".into(), gap_event(2))], gone)
+            .await;
         assert!(refused.is_err(), "{refused:?}");
         assert!(log
             .read_events("alice", 0, 10)
@@ -1573,7 +1550,7 @@ mod tests {
         let seqs_written = [edge - 2, edge - 1, edge, edge + 1, far];
         let events = seqs_written
             .iter()
-            .map(|&s| ("alice".to_string(), gap(s)))
+            .map(|&s| ("alice".to_string(), gap_event(s)))
             .collect();
         log.log_events(events, soon()).await.expect("write");
         let all = log.read_events("alice", 0, 100).await.expect("read");

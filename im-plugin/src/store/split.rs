@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use mqim_schemas::v1::{self, event, Event};
+use mqim_schemas::v1::event;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -47,8 +47,9 @@ use tracing::{info, warn};
 use super::log::{MessageLog, MessageSeqs};
 use super::redis_index::{AllocRequest, Allocated, RebuiltConversation, RedisIndex};
 use super::{
-    ConversationPage, ConversationSummary, HistoryPage, InboxStore, MessageStore, NewMessage,
-    PresenceStore, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult, StreamPage,
+    gap_event, receipt_event, ConversationPage, ConversationSummary, HistoryPage, InboxStore,
+    MessageStore, NewMessage, PresenceStore, ReadOutcome, SendOutcome, SentRecord, StoreError,
+    StoreResult, StreamPage,
 };
 
 /// Timing of the split store.
@@ -269,7 +270,7 @@ impl Shared {
             .iter()
             .map(|job| Writing::new(self, job_users(job)))
             .collect();
-        let users: Vec<String> = jobs.iter().flat_map(job_users).collect();
+        let users: Vec<String> = guards.iter().flat_map(|g| g.users.clone()).collect();
         if let Err(e) = self.ensure_fresh(&users).await {
             for job in jobs.drain(..) {
                 self.fail(job, &e);
@@ -348,16 +349,8 @@ impl Shared {
                     return;
                 };
                 let peer = peer_of(&conversation).unwrap_or_default().to_string();
-                let receipt = |seq, conversation| Event {
-                    seq,
-                    body: Some(event::Body::Read(v1::ReadReceipt {
-                        conversation,
-                        by: user.clone(),
-                        msg_id: up_to,
-                    })),
-                };
-                let own = receipt(own_seq, conversation.clone());
-                let theirs = receipt(peer_seq, format!("u:{user}"));
+                let own = receipt_event(own_seq, conversation.clone(), &user, up_to);
+                let theirs = receipt_event(peer_seq, format!("u:{user}"), &user, up_to);
                 let written = self.log.log_events(
                     vec![(user.clone(), own.clone()), (peer.clone(), theirs.clone())],
                     deadline,
@@ -656,13 +649,6 @@ fn alloc_request(job: &Job) -> AllocRequest {
     }
 }
 
-fn gap(seq: u64) -> Event {
-    Event {
-        seq,
-        body: Some(event::Body::Gap(v1::Gap {})),
-    }
-}
-
 async fn answer<T>(rx: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
     rx.await
         .map_err(|_| StoreError::new("the store stopped before answering"))?
@@ -713,7 +699,7 @@ impl MessageStore for SplitStore {
                     continue;
                 }
                 _ if quiet || self.shared.settled(user, expected) => {
-                    page.events.push(gap(expected))
+                    page.events.push(gap_event(expected))
                 }
                 _ => return Ok(page), // a hole still in flight: sync again later
             }
@@ -833,6 +819,7 @@ impl InboxStore for SplitStore {
 
 #[cfg(test)]
 mod tests {
+    use mqim_schemas::v1::Event;
     use std::sync::atomic::AtomicU64;
 
     use tempfile::TempDir;
