@@ -1,5 +1,6 @@
 //! Test support shared by this crate's tests and the end-to-end suite: a real `redis-server`
-//! started on a free loopback port, without persistence, killed when dropped.
+//! started on a free loopback port, killed when dropped; without persistence, or with an RDB file
+//! in a temp dir that only explicit snapshots write (so a restart comes back at that snapshot).
 //!
 //! Not used by the broker itself. `scripts/test` installs `redis-server` from Debian's packages;
 //! without it, starting one panics with that advice rather than letting a test pass unchecked.
@@ -12,21 +13,60 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Where the RDB file lives, for a server started with [`RedisServer::start_with_snapshots`].
+    dir: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
     /// Starts a fresh, empty Redis on a free port and waits until it accepts connections.
     pub fn start() -> RedisServer {
+        Self::start_in(None)
+    }
+
+    /// Like [`RedisServer::start`], with an RDB file in a temp dir: [`RedisServer::snapshot`]
+    /// writes it, and [`RedisServer::restart`] comes back with what it holds (nothing else is
+    /// ever saved), as a production Redis with `save` on comes back after a crash.
+    pub fn start_with_snapshots() -> RedisServer {
+        Self::start_in(Some(tempfile::TempDir::new().expect("temp dir for redis")))
+    }
+
+    fn start_in(dir: Option<tempfile::TempDir>) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn(port) {
+            if let Some(child) = spawn(port, dir.as_ref().map(|d| d.path())) {
                 return RedisServer {
                     child: Some(child),
                     port,
+                    dir,
                 };
             }
         }
         panic!("could not start redis-server on a free port (5 attempts)");
+    }
+
+    /// Runs one command on a connection of its own and returns the reply's first line
+    /// (`+OK`, `:1`, `-ERR ...`).
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(req.as_bytes()).expect("write to redis");
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .expect("read from redis");
+        line.trim_end().to_string()
+    }
+
+    /// Writes the RDB snapshot now (`SAVE`). Panics without [`RedisServer::start_with_snapshots`].
+    pub fn snapshot(&self) {
+        assert!(self.dir.is_some(), "this redis-server keeps no snapshots");
+        let answer = self.command(&["SAVE"]);
+        assert_eq!(answer, "+OK", "SAVE answered {answer}");
     }
 
     /// `redis://127.0.0.1:<port>/0`.
@@ -46,13 +86,14 @@ impl RedisServer {
         }
     }
 
-    /// Starts Redis again on the same port, empty: what a Redis without persistence looks like
-    /// after a crash. Panics if the port was taken meanwhile.
+    /// Starts Redis again on the same port: empty, what a Redis without persistence looks like
+    /// after a crash; or, with snapshots, with what the last [`RedisServer::snapshot`] saved.
+    /// Panics if the port was taken meanwhile.
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(child) = spawn(self.port) {
+            if let Some(child) = spawn(self.port, self.dir.as_ref().map(|d| d.path())) {
                 self.child = Some(child);
                 return;
             }
@@ -75,11 +116,16 @@ fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-/// Starts `redis-server` on `port`; `None` if it exits (port taken) before accepting connections.
-fn spawn(port: u16) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+/// Starts `redis-server` on `port` (loading `dir/dump.rdb` if given and present); `None` if it
+/// exits (port taken) before accepting connections.
+fn spawn(port: u16, dir: Option<&std::path::Path>) -> Option<Child> {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"]);
+    if let Some(dir) = dir {
+        cmd.arg("--dir").arg(dir).args(["--dbfilename", "dump.rdb"]);
+    }
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -11,6 +11,11 @@
 //! write never landed is a hole; the split store turns a hole that can no longer be filled into a
 //! `gap` placeholder event. Deadlines make "can no longer be filled" decidable: a write is refused
 //! once its deadline has passed, so a hole older than the longest deadline stays a hole.
+//!
+//! The log is also the arbiter of seqs: it never overwrites. A write at a (stream, seq) that
+//! already holds an event is refused whole with [`LogError::Conflict`], so an index that handed
+//! out a seq twice (a Redis restored from an old snapshot, a flushed Redis, two nodes sharing a
+//! counter by mistake) costs a retry, never an acknowledged message.
 
 use std::time::Instant;
 
@@ -18,7 +23,36 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use mqim_schemas::v1::Event;
 
-use super::{HistoryPage, NewMessage, SendOutcome, StoreResult};
+use super::{HistoryPage, NewMessage, SendOutcome, StoreError, StoreResult};
+
+/// Why a log write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `seq` of `user`'s stream already holds an event: the index that allocated it is stale.
+    /// Nothing of the write was applied.
+    #[error("seq {seq} of {user} is already written")]
+    Conflict { user: String, seq: u64 },
+    /// The log could not be reached, the deadline passed, or the write failed: nothing of it
+    /// was applied, then or later.
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
+}
+
+/// The result of a log write.
+pub type LogResult<T> = Result<T, LogError>;
+
+/// A read receipt to log: `user` read `conversation` (with `peer`) up to `up_to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptWrite {
+    pub user: String,
+    pub conversation: String,
+    pub peer: String,
+    pub up_to: u64,
+    /// Seq of the receipt in the reader's own stream (for the reader's other devices).
+    pub own_seq: u64,
+    /// Seq of the receipt in the peer's stream.
+    pub peer_seq: u64,
+}
 
 /// The seqs the index allocated for one message's copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +75,9 @@ pub struct MessageSeqs {
 /// - Both writes are *enqueued at the call*: writes apply in call order.
 /// - A write whose `deadline` has passed before it becomes durable is refused with
 ///   [`super::StoreError`] and leaves nothing behind, then or later.
-/// - Events are immutable once written; writing a seq that already holds an event is a bug of the
-///   caller, not something the log has to detect.
+/// - Events are immutable once written. A write naming a seq that already holds an event is
+///   refused whole with [`LogError::Conflict`] (a `gap` the write would put there is simply left
+///   out: the seq is taken either way). A resend's gaps likewise go only where nothing is.
 #[async_trait]
 pub trait MessageLog: Send + Sync + 'static {
     /// See the trait's contract. The returned [`super::Appended`] carries the events as written.
@@ -51,15 +86,32 @@ pub trait MessageLog: Send + Sync + 'static {
         msg: NewMessage,
         seqs: MessageSeqs,
         deadline: Instant,
-    ) -> BoxFuture<'static, StoreResult<SendOutcome>>;
+    ) -> BoxFuture<'static, LogResult<SendOutcome>>;
 
-    /// Durably writes `events` (read receipts, gap placeholders), each `(owner, event)` in its
-    /// owner's stream at `event.seq`. Same call-order and deadline rules as `log_message`.
-    fn log_events(
+    /// Durably writes a `gap` placeholder at each `(owner, seq)` that holds nothing, and leaves
+    /// the others as they are (the seq is not a hole either way). Same call-order and deadline
+    /// rules as `log_message`; never a conflict.
+    fn log_gaps(
         &self,
-        events: Vec<(String, Event)>,
+        gaps: Vec<(String, u64)>,
         deadline: Instant,
     ) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// Durably, atomically: raises the log's read pointer of (`user`, `conversation`) to
+    /// `up_to` and writes the two receipt events at the given seqs; returns `true`. If the
+    /// pointer is already at or past `up_to` (an earlier attempt of the same read landed), it
+    /// writes `gap` events at both seqs instead and returns `false`. Same call-order, deadline
+    /// and conflict rules as `log_message`. The pointer, not the index, decides whether a read
+    /// produced its receipts, so a read retried after an ambiguous failure produces them once.
+    fn log_receipts(
+        &self,
+        receipt: ReceiptWrite,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<bool>>;
+
+    /// The log's read pointer of (`user`, `conversation`): the highest msgid a logged receipt
+    /// of `user` covers (0 if none).
+    async fn read_pointer(&self, user: &str, conversation: &str) -> StoreResult<u64>;
 
     /// Events of `user` with seq > `after_seq`, ascending, at most `limit`. Seqs never written are
     /// simply absent (the split store decides what a hole means).

@@ -288,8 +288,15 @@ pub async fn open(
     im: &crate::config::ImConfig,
 ) -> StoreResult<std::sync::Arc<dyn Store>> {
     let dedup_ttl_secs = im.dedup_ttl_secs;
-    let opts = split::SplitOptions {
+    let claims = |log| -> StoreResult<Option<split::NodeClaims>> {
+        Ok(Some(split::NodeClaims {
+            identity: split::node_identity(data_dir)?,
+            log,
+        }))
+    };
+    let opts = |claims| split::SplitOptions {
         node_id: im.node_id,
+        claims,
         ..split::SplitOptions::default()
     };
     use crate::config::StoreBackend;
@@ -301,7 +308,8 @@ pub async fn open(
         scylla.dedup_ttl_secs = u32::try_from(dedup_ttl_secs).unwrap_or(u32::MAX);
         let log = Arc::new(scylla_log::ScyllaLog::connect(&scylla).await?);
         let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
-        return Ok(Arc::new(split::SplitStore::new(index, log, opts)));
+        let opts = opts(claims(split::LogClaim::Shared)?);
+        return Ok(Arc::new(split::SplitStore::open(index, log, opts).await?));
     }
     let mode_file = data_dir.join("store-mode");
     let mode = match cfg.backend {
@@ -327,5 +335,6 @@ pub async fn open(
         return Ok(log);
     }
     let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
-    Ok(Arc::new(split::SplitStore::new(index, log, opts)))
+    let opts = opts(claims(split::LogClaim::Exclusive)?);
+    Ok(Arc::new(split::SplitStore::open(index, log, opts).await?))
 }

@@ -54,12 +54,14 @@ use mqim_schemas::v1::Event;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::MessageSeqs;
+use super::log::{MessageSeqs, ReceiptWrite};
 use super::{
-    decode_message, gap_event, receipt_event, Appended, ConversationPage, ConversationSummary,
-    HistoryPage, InboxStore, MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord,
-    StoreError, StoreResult, StreamPage,
+    decode_message, receipt_event, Appended, ConversationPage, ConversationSummary, HistoryPage,
+    InboxStore, MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError,
+    StoreResult, StreamPage,
 };
+
+mod log_mode;
 
 const META_MAX_MSG_ID: &[u8] = b"max_msg_id";
 const META_SCHEMA_VERSION: &[u8] = b"schema_version";
@@ -147,6 +149,8 @@ struct Keyspaces {
 /// The keyspaces the writer reads back while building a batch (the others it only writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Table {
+    Events,
+    ReadUpto,
     LastSeq,
     Dedup,
     Cursors,
@@ -190,9 +194,14 @@ enum Op {
         seqs: MessageSeqs,
         deadline: Instant,
     },
-    /// Log mode: events at seqs the index allocated.
-    LogEvents {
-        events: Vec<(String, Event)>,
+    /// Log mode: gap placeholders where seqs the index allocated hold nothing.
+    LogGaps {
+        gaps: Vec<(String, u64)>,
+        deadline: Instant,
+    },
+    /// Log mode: a read receipt pair and the read pointer.
+    LogReceipts {
+        receipt: ReceiptWrite,
         deadline: Instant,
     },
 }
@@ -203,7 +212,13 @@ enum Output {
     Cursor(u64),
     Purged(usize),
     Read(Box<ReadOutcome>),
-    Logged,
+    /// Log mode: written (`true`), or a receipt whose read had already landed (`false`).
+    Logged(bool),
+    /// Log mode: a seq the write names already holds an event; nothing was written.
+    Conflict {
+        user: String,
+        seq: u64,
+    },
 }
 
 impl LsmStore {
@@ -420,6 +435,8 @@ impl<'a> Pending<'a> {
     fn keyspace(&self, table: Table) -> &'a Keyspace {
         let ks: &'a Keyspaces = self.ks;
         match table {
+            Table::Events => &ks.events,
+            Table::ReadUpto => &ks.read_upto,
             Table::LastSeq => &ks.last_seq,
             Table::Dedup => &ks.dedup,
             Table::Cursors => &ks.cursors,
@@ -479,109 +496,16 @@ impl<'a> Pending<'a> {
             } => {
                 check_deadline(*deadline)?;
                 self.log_message(msg, *seqs)
-                    .map(|o| Output::Sent(Box::new(o)))
             }
-            Op::LogEvents { events, deadline } => {
+            Op::LogGaps { gaps, deadline } => {
                 check_deadline(*deadline)?;
-                self.log_events(events).map(|()| Output::Logged)
+                self.log_gaps(gaps)
+            }
+            Op::LogReceipts { receipt, deadline } => {
+                check_deadline(*deadline)?;
+                self.log_receipts(receipt)
             }
         }
-    }
-
-    /// Log mode: the message's copies at the given seqs, its history rows and dedup entry; or,
-    /// for a resend, gap placeholders at those seqs. No unread or recency rows: the index keeps
-    /// those.
-    fn log_message(&mut self, msg: &NewMessage, seqs: MessageSeqs) -> StoreResult<SendOutcome> {
-        let dedup_key = checked_key(pair_key(&msg.from, msg.client_msg_id.as_bytes()))?;
-        let copies: Vec<(&str, u64, String)> =
-            std::iter::once((msg.from.as_str(), seqs.sender, format!("u:{}", msg.to)))
-                .chain(
-                    seqs.recipient
-                        .filter(|_| msg.to != msg.from)
-                        .map(|seq| (msg.to.as_str(), seq, format!("u:{}", msg.from))),
-                )
-                .collect();
-        if let Some(original) = self.get(Table::Dedup, &dedup_key)? {
-            let original = decode_dedup(&original)?.0;
-            let gaps: Vec<(String, Event)> = copies
-                .iter()
-                .map(|(owner, seq, _)| (owner.to_string(), gap_event(*seq)))
-                .collect();
-            self.log_events(&gaps)?;
-            return Ok(SendOutcome::Duplicate(original));
-        }
-        let by_time_key = checked_key(by_time_key(msg.ts, &msg.from, &msg.client_msg_id))?;
-        let mut rows = Vec::with_capacity(copies.len());
-        for (owner, seq, conversation) in &copies {
-            let event = msg.event(*seq, conversation.clone());
-            let row = event_row(owner, &event)?;
-            let mut index_key = checked_key(user_conv_key(owner, conversation))?;
-            index_key.extend_from_slice(&msg.msg_id.to_be_bytes());
-            let last = self.get_u64(Table::LastSeq, owner.as_bytes(), "last seq")?;
-            rows.push((*owner, event, row, index_key, last));
-        }
-        let sent = SentRecord {
-            msg_id: msg.msg_id,
-            seq: seqs.sender,
-            conversation: copies[0].2.clone(),
-            ts: msg.ts,
-        };
-        let dedup_value = checked_value(encode_dedup(&sent, msg.ts))?;
-        let max = self.get_u64(Table::Meta, META_MAX_MSG_ID, "max msg_id")?;
-
-        // Writes: nothing below can fail.
-        let mut events = Vec::with_capacity(rows.len());
-        for (owner, event, row, index_key, last) in rows {
-            if event.seq > last {
-                self.put(
-                    Table::LastSeq,
-                    owner.as_bytes().to_vec(),
-                    u64_value(event.seq),
-                );
-            }
-            self.batch.insert(&self.ks.events, row.0, row.1);
-            self.batch
-                .insert(&self.ks.conv_index, index_key, u64_value(event.seq));
-            events.push(event);
-        }
-        self.put(Table::Dedup, dedup_key, Slice::from(dedup_value));
-        self.batch
-            .insert(&self.ks.dedup_by_time, by_time_key, Vec::new());
-        if msg.msg_id > max {
-            self.put(Table::Meta, META_MAX_MSG_ID.to_vec(), u64_value(msg.msg_id));
-        }
-        let mut events = events.into_iter();
-        Ok(SendOutcome::Fresh(Appended {
-            sent,
-            sender_event: events.next().unwrap_or_default(),
-            recipient_event: events.next(),
-        }))
-    }
-
-    /// Log mode: events at given seqs, each in its owner's stream.
-    fn log_events(&mut self, events: &[(String, Event)]) -> StoreResult<()> {
-        let mut rows = Vec::with_capacity(events.len());
-        let mut last: HashMap<&str, (u64, u64)> = HashMap::new();
-        for (owner, event) in events {
-            rows.push(event_row(owner, event)?);
-            if !last.contains_key(owner.as_str()) {
-                let stored = self.get_u64(Table::LastSeq, owner.as_bytes(), "last seq")?;
-                last.insert(owner, (stored, stored));
-            }
-            if let Some((_, new)) = last.get_mut(owner.as_str()) {
-                *new = (*new).max(event.seq);
-            }
-        }
-        // Writes: nothing below can fail.
-        for (owner, (stored, new)) in last {
-            if new > stored {
-                self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(new));
-            }
-        }
-        for row in rows {
-            self.batch.insert(&self.ks.events, row.0, row.1);
-        }
-        Ok(())
     }
 
     /// Everything that can fail (reads, decoding, key checks) happens before the first write, so
@@ -1222,87 +1146,6 @@ impl InboxStore for LsmStore {
 
 /// One node: its own registry knows who is online.
 impl super::PresenceStore for LsmStore {}
-
-/// Log mode: the LSM store as the durable half of a [`super::split::SplitStore`] on one node
-/// (Redis keeps the seq counters and the inbox index). It writes at the seqs it is given and keeps
-/// none of the unread or recency rows; one data dir is used in one mode only.
-#[async_trait]
-impl super::log::MessageLog for LsmStore {
-    fn log_message(
-        &self,
-        msg: NewMessage,
-        seqs: MessageSeqs,
-        deadline: Instant,
-    ) -> BoxFuture<'static, StoreResult<SendOutcome>> {
-        let answer = self.enqueue(Op::LogMessage {
-            msg,
-            seqs,
-            deadline,
-        });
-        Box::pin(async move {
-            match answer?.await.map_err(|_| writer_gone())?? {
-                Output::Sent(outcome) => Ok(*outcome),
-                _ => Err(unexpected_output()),
-            }
-        })
-    }
-
-    fn log_events(
-        &self,
-        events: Vec<(String, Event)>,
-        deadline: Instant,
-    ) -> BoxFuture<'static, StoreResult<()>> {
-        let answer = self.enqueue(Op::LogEvents { events, deadline });
-        Box::pin(async move {
-            match answer?.await.map_err(|_| writer_gone())?? {
-                Output::Logged => Ok(()),
-                _ => Err(unexpected_output()),
-            }
-        })
-    }
-
-    async fn read_events(
-        &self,
-        user: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<Event>> {
-        Ok(MessageStore::read_stream(self, user, after_seq, limit)
-            .await?
-            .events)
-    }
-
-    async fn max_seq(&self, user: &str) -> StoreResult<u64> {
-        MessageStore::last_seq(self, user).await
-    }
-
-    async fn max_msg_id(&self) -> StoreResult<u64> {
-        MessageStore::max_msg_id(self).await
-    }
-
-    async fn history(
-        &self,
-        user: &str,
-        conversation: &str,
-        before_msg_id: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<HistoryPage> {
-        InboxStore::history(self, user, conversation, before_msg_id, limit).await
-    }
-
-    async fn advance_cursor(&self, user: &str, device: &str, seq: u64) -> StoreResult<u64> {
-        MessageStore::advance_cursor(self, user, device, seq).await
-    }
-
-    async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize> {
-        MessageStore::purge_dedup(self, before_ts_ms).await
-    }
-
-    /// fjall locks its folder: no other process can write this log.
-    fn single_writer(&self) -> bool {
-        true
-    }
-}
 
 #[cfg(test)]
 mod tests {

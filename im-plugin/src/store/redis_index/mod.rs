@@ -35,6 +35,21 @@
 //!   its node's incarnation is alive, so a crashed node's devices drop out by themselves. (~60
 //!   bytes per online device; nothing per message.)
 //!
+//! - `P:claim:node:<id>` string: the identity (random per data dir, kept in it) of the node that
+//!   holds node id `<id>`, with a short TTL it keeps refreshing; `P:claim:log` string:
+//!   `embedded:<identity>` while a node with its own local log uses this prefix, `shared` while
+//!   nodes with a shared log do. A second node claiming either refuses to start
+//!   ([`super::split`]). (~100 bytes per node.)
+//!
+//! Which Redis answered. Every request whose answer depends on the keys' `rid` runs as a pipeline
+//! that first asks for the connection's name; the connection on which the current `run_id` was
+//! read was given a random name. An answer that cannot be shown to come from that Redis process
+//! is discarded (see [`RedisIndex::query_verified`]). So a restart is noticed by the first request
+//! after it, whichever request (a presence update, a heartbeat) met the broken connection.
+//!
+//! Files: `scripts.rs` (the Lua), `wire.rs` (value encodings and script answers), `presence.rs`
+//! (devices online, node claims).
+//!
 //! Scripts touch keys they build from a prefix (the unread sets of a user), so this is for a
 //! single Redis (with replicas/Sentinel), not Redis Cluster.
 
@@ -44,6 +59,13 @@ use parking_lot::RwLock;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
+
+mod presence;
+mod scripts;
+mod wire;
+
+use scripts::*;
+use wire::*;
 
 use super::{SentRecord, StoreError, StoreResult};
 
@@ -85,6 +107,8 @@ pub enum AllocRequest {
         /// `None` when the conversation is not with another user (nothing to receipt).
         peer: Option<String>,
         up_to: u64,
+        /// Allocate the receipt seqs even if this read changes nothing in Redis.
+        force: bool,
     },
 }
 
@@ -131,6 +155,8 @@ pub struct RedisIndex {
     prefix: String,
     /// The `run_id` of the Redis process, as last seen.
     run_id: RwLock<String>,
+    /// The name given to the connection on which `run_id` was read (empty: none verified).
+    verified: parking_lot::Mutex<String>,
     dedup_ttl_secs: u64,
     alloc: Script,
     read: Script,
@@ -138,117 +164,8 @@ pub struct RedisIndex {
     restore: Script,
     offline: Script,
     online: Script,
+    claim: Script,
 }
-
-/// Allocates seqs for `#KEYS - 1` users (KEYS[1..]), unless KEYS[#KEYS] (the dedup cache key)
-/// holds a record made at or after ARGV[2] (the purge horizon, Unix ms). ARGV[1] = run_id.
-/// Returns {'dup', record} | {'stale', i} | {'ok', seq...}.
-const ALLOC_LUA: &str = r"
-local d = redis.call('GET', KEYS[#KEYS])
-if d and tonumber(string.match(d, '^%d+:%d+:(%-?%d+):') or '0') >= tonumber(ARGV[2]) then
-  return {'dup', d}
-end
-for i = 1, #KEYS - 1 do
-  if redis.call('HGET', KEYS[i], 'rid') ~= ARGV[1] then return {'stale', i} end
-end
-local out = {'ok'}
-for i = 1, #KEYS - 1 do out[#out + 1] = redis.call('HINCRBY', KEYS[i], 'n', 1) end
-return out
-";
-
-/// Marks read. KEYS: 1 unread counts, 2 unread set of the conversation, 3 read pointers,
-/// 4 reader's seq, 5 peer's seq (absent without a peer). ARGV: 1 run_id, 2 conversation,
-/// 3 padded msgid. Returns {'stale', i} | {'same', unread} | {'read', unread, seq, peer_seq}.
-const READ_LUA: &str = r"
-for i = 4, #KEYS do
-  if redis.call('HGET', KEYS[i], 'rid') ~= ARGV[1] then return {'stale', i - 3} end
-end
-local left = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
-local prev = redis.call('HGET', KEYS[3], ARGV[2])
-if prev and prev >= ARGV[3] then return {'same', left} end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-local n = redis.call('ZLEXCOUNT', KEYS[2], '-', '[' .. ARGV[3])
-if n == 0 then return {'same', left} end
-redis.call('ZREMRANGEBYLEX', KEYS[2], '-', '[' .. ARGV[3])
-left = redis.call('HINCRBY', KEYS[1], ARGV[2], -n)
-if left <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  left = 0
-end
-if #KEYS < 5 then return {'same', left} end
-return {'read', left, redis.call('HINCRBY', KEYS[4], 'n', 1), redis.call('HINCRBY', KEYS[5], 'n', 1)}
-";
-
-/// Indexes a logged message; idempotent, so a retry or replay changes nothing twice.
-/// KEYS: 1 sender's seq, 2 sender's recent, 3 dedup cache; with a recipient: 4 recipient's seq,
-/// 5 recipient's recent, 6 unread counts, 7 unread set, 8 read pointers.
-/// ARGV: 1 run_id, 2 ts, 3 sender's conversation, 4 dedup record, 5 dedup ttl,
-/// 6 recipient's conversation, 7 padded msgid. Returns {'stale', i} | {'ok'}.
-const APPLY_LUA: &str = r"
-if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return {'stale', 1} end
-if #KEYS > 3 and redis.call('HGET', KEYS[4], 'rid') ~= ARGV[1] then return {'stale', 2} end
-redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[3])
-redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
-if #KEYS > 3 then
-  redis.call('ZADD', KEYS[5], 'GT', ARGV[2], ARGV[6])
-  local r = redis.call('HGET', KEYS[8], ARGV[6])
-  if not r or r < ARGV[7] then
-    if redis.call('ZADD', KEYS[7], 0, ARGV[7]) == 1 then
-      redis.call('HINCRBY', KEYS[6], ARGV[6], 1)
-    end
-  end
-end
-return {'ok'}
-";
-
-/// Replaces a user's index with what the log says. KEYS: 1 seq, 2 unread counts, 3 read
-/// pointers, 4 recent. ARGV: 1 run_id, 2 floor (the log's highest seq), 3 prefix of the unread
-/// sets, then per conversation: name, read pointer or '', updated_at or '', k, k msgids.
-/// The counter never goes down: seqs above the log's highest may have been handed out.
-const RESTORE_LUA: &str = r"
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-local floor = tonumber(ARGV[2])
-if floor > n then n = floor end
-for _, conv in ipairs(redis.call('HKEYS', KEYS[2])) do redis.call('DEL', ARGV[3] .. conv) end
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-local i = 4
-while i <= #ARGV do
-  local conv, upto, ts, k = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
-  redis.call('DEL', ARGV[3] .. conv)
-  if upto ~= '' then redis.call('HSET', KEYS[3], conv, upto) end
-  if ts ~= '' then redis.call('ZADD', KEYS[4], ts, conv) end
-  for j = 1, k do redis.call('ZADD', ARGV[3] .. conv, 0, ARGV[i + 3 + j]) end
-  if k > 0 then redis.call('HSET', KEYS[2], conv, k) end
-  i = i + 4 + k
-end
-redis.call('HSET', KEYS[1], 'n', n, 'rid', ARGV[1])
-return n
-";
-
-/// Removes a device's presence only if the given connection still holds it (a newer connection,
-/// on this node or another, may have taken the device over). KEYS: 1 presence. ARGV: 1 device,
-/// 2 holder.
-const OFFLINE_LUA: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 1
-";
-
-/// The user's devices whose node incarnation is alive; forgets the others. KEYS: 1 presence.
-/// ARGV: 1 prefix of node keys. Returns {device, node id, ...}.
-const ONLINE_LUA: &str = r"
-local out = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local node, inc = string.match(all[i + 1], '^(%d+):([^:]+):')
-  if node and redis.call('GET', ARGV[1] .. node) == inc then
-    out[#out + 1] = all[i]
-    out[#out + 1] = node
-  else
-    redis.call('HDEL', KEYS[1], all[i])
-  end
-end
-return out
-";
 
 /// A msgid as a sorted-set member: 20 digits, so bytewise order is numeric order.
 fn padded(msg_id: u64) -> String {
@@ -273,6 +190,7 @@ impl RedisIndex {
             conn,
             prefix: cfg.key_prefix.clone(),
             run_id: RwLock::new(String::new()),
+            verified: parking_lot::Mutex::new(String::new()),
             dedup_ttl_secs: dedup_ttl_secs.max(1),
             alloc: Script::new(ALLOC_LUA),
             read: Script::new(READ_LUA),
@@ -280,6 +198,7 @@ impl RedisIndex {
             restore: Script::new(RESTORE_LUA),
             offline: Script::new(OFFLINE_LUA),
             online: Script::new(ONLINE_LUA),
+            claim: Script::new(CLAIM_LUA),
         };
         index.refresh_run_id().await?;
         Ok(index)
@@ -290,20 +209,80 @@ impl RedisIndex {
         self.run_id.read().clone()
     }
 
-    /// Reads the current `run_id` (it changes whenever Redis restarts).
+    /// Reads the current `run_id` (it changes whenever Redis restarts) and names the connection
+    /// it was read on, so later requests can tell that they still run on that connection and so
+    /// on that Redis process (see [`RedisIndex::query_verified`]).
     pub async fn refresh_run_id(&self) -> StoreResult<String> {
-        let info: String = redis::cmd("INFO")
+        let nonce = format!("mqim-{:016x}", rand::random::<u64>());
+        let ((), info): ((), String) = redis::pipe()
+            .cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&nonce)
+            .cmd("INFO")
             .arg("server")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(redis_error)?;
+            .map_err(|e| self.failed(e))?;
         let id = info
             .lines()
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|s| s.trim().to_string())
             .ok_or_else(|| StoreError::new("Redis INFO has no run_id"))?;
+        let mut verified = self.verified.lock();
         *self.run_id.write() = id.clone();
+        *verified = nonce;
         Ok(id)
+    }
+
+    /// A pipeline whose first command asks for the connection's name; run it with
+    /// [`RedisIndex::query_verified`].
+    fn verified_pipe() -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("GETNAME");
+        pipe
+    }
+
+    /// Runs `pipe` (made by [`RedisIndex::verified_pipe`]) and returns its answers after the
+    /// first, or `None` if they may come from another Redis process than the one whose run_id is
+    /// `rid` (the scripts compared keys against `rid`, so their answers would be wrong).
+    ///
+    /// Why this is needed: the connection reconnects by itself, and any request (a presence
+    /// update, a heartbeat) may be the one that meets the restart, so a failed request is not a
+    /// reliable sign of one. A pipeline runs on one connection, and a connection on one process;
+    /// the connection on which the current run_id was read carries a name nobody else knows.
+    /// If the pipeline ran on it, the answers are from that process. If not, the connection is
+    /// new: its process is found out now, and the answers count only if it is still the process
+    /// with `rid` (run_ids are random per start, and processes follow each other: if the process
+    /// now is the one `rid` names, every connection since was to it).
+    async fn query_verified(
+        &self,
+        pipe: &redis::Pipeline,
+        rid: &str,
+    ) -> StoreResult<Option<Vec<Value>>> {
+        let mut values: Vec<Value> = pipe
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.failed(e))?;
+        if values.is_empty() {
+            return Err(StoreError::new("Redis answered nothing"));
+        }
+        let name = values.remove(0);
+        let known = self.verified.lock().clone();
+        let same_connection =
+            matches!(&name, Value::BulkString(b) if !known.is_empty() && *b == known.as_bytes());
+        let current = if same_connection {
+            self.run_id()
+        } else {
+            self.refresh_run_id().await?
+        };
+        Ok((current == rid).then_some(values))
+    }
+
+    /// Any failed request: the connection may be reconnecting, maybe to a restarted Redis. The
+    /// next verified request finds out which.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        self.verified.lock().clear();
+        redis_error(e)
     }
 
     fn user_key(&self, kind: &str, user: &str) -> String {
@@ -319,14 +298,16 @@ impl RedisIndex {
     }
 
     /// Answers `requests` in one round trip, applied in order. Dedup cache entries of messages
-    /// accepted before `dedup_horizon` (Unix ms) no longer count (they were purged).
+    /// accepted before `dedup_horizon` (Unix ms) no longer count (they were purged). `None`: Redis
+    /// restarted, no answer counts (every user is stale under the new run_id; seqs the scripts
+    /// may have taken are never used, and become gaps).
     pub async fn allocate(
         &self,
         requests: &[AllocRequest],
         dedup_horizon: i64,
-    ) -> StoreResult<Vec<Allocated>> {
+    ) -> StoreResult<Option<Vec<Allocated>>> {
         let rid = self.run_id();
-        let mut pipe = redis::pipe();
+        let mut pipe = Self::verified_pipe();
         pipe.load_script(&self.alloc).load_script(&self.read);
         for request in requests {
             match request {
@@ -350,6 +331,7 @@ impl RedisIndex {
                     conversation,
                     peer,
                     up_to,
+                    force,
                 } => {
                     let mut call = self.read.prepare_invoke();
                     call.key(self.user_key("unread", user))
@@ -359,15 +341,17 @@ impl RedisIndex {
                     if let Some(peer) = peer.as_ref().filter(|p| *p != user) {
                         call.key(self.user_key("seq", peer));
                     }
-                    call.arg(&rid).arg(conversation).arg(padded(*up_to));
+                    call.arg(&rid)
+                        .arg(conversation)
+                        .arg(padded(*up_to))
+                        .arg(if *force { "1" } else { "0" });
                     pipe.invoke_script(&call);
                 }
             }
         }
-        let values: Vec<Value> = pipe
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
+        let Some(values) = self.query_verified(&pipe, &rid).await? else {
+            return Ok(None);
+        };
         let answers = values.get(2..).unwrap_or_default();
         if answers.len() != requests.len() {
             return Err(StoreError::new(
@@ -378,7 +362,8 @@ impl RedisIndex {
             .iter()
             .zip(answers)
             .map(|(request, value)| parse_allocated(request, value))
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
     }
 
     /// Indexes a message the log has made durable: unread for the recipient (unless already read
@@ -403,18 +388,20 @@ impl RedisIndex {
                 .key(self.unread_set_key(to, &peer_conversation))
                 .key(self.user_key("readupto", to));
         }
-        call.arg(self.run_id())
+        let rid = self.run_id();
+        call.arg(&rid)
             .arg(sent.ts)
             .arg(&sent.conversation)
             .arg(encode_sent(sent))
             .arg(self.dedup_ttl_secs)
             .arg(&peer_conversation)
             .arg(padded(sent.msg_id));
-        let value: Value = call
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
-        let items = array(&value)?;
+        let mut pipe = Self::verified_pipe();
+        pipe.load_script(&self.apply).ignore().invoke_script(&call);
+        let Some(values) = self.query_verified(&pipe, &rid).await? else {
+            return Ok(Some(from.to_string()));
+        };
+        let items = array(values.first().unwrap_or(&Value::Nil))?;
         match text(items.first())?.as_str() {
             "ok" => Ok(None),
             "stale" => Ok(Some(match int(items.get(1))? {
@@ -427,14 +414,19 @@ impl RedisIndex {
 
     /// The last seq allocated to `user`, or `None` if the user's keys are stale.
     pub async fn last_seq(&self, user: &str) -> StoreResult<Option<u64>> {
-        let (n, rid): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+        let known = self.run_id();
+        let mut pipe = Self::verified_pipe();
+        pipe.cmd("HMGET")
             .arg(self.user_key("seq", user))
             .arg("n")
-            .arg("rid")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
-        Ok((rid.as_deref() == Some(self.run_id().as_str())).then_some(n.unwrap_or(0)))
+            .arg("rid");
+        let Some(values) = self.query_verified(&pipe, &known).await? else {
+            return Ok(None);
+        };
+        let (n, rid): (Option<u64>, Option<String>) =
+            redis::from_redis_value(values.into_iter().next().unwrap_or(Value::Nil))
+                .map_err(StoreError::new)?;
+        Ok((rid.as_deref() == Some(known.as_str())).then_some(n.unwrap_or(0)))
     }
 
     /// The user's recent conversations with their unread counts, newest first; `None` if the
@@ -442,8 +434,9 @@ impl RedisIndex {
     pub async fn recent(&self, user: &str, limit: usize) -> StoreResult<Option<RecentPage>> {
         let stop = i64::try_from(limit).unwrap_or(i64::MAX);
         type Answer = (Option<String>, Vec<(String, f64)>, Vec<(String, u64)>);
-        let (rid, recent, counts): Answer = redis::pipe()
-            .cmd("HGET")
+        let known = self.run_id();
+        let mut pipe = Self::verified_pipe();
+        pipe.cmd("HGET")
             .arg(self.user_key("seq", user))
             .arg("rid")
             .cmd("ZREVRANGE")
@@ -452,11 +445,13 @@ impl RedisIndex {
             .arg(stop)
             .arg("WITHSCORES")
             .cmd("HGETALL")
-            .arg(self.user_key("unread", user))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
-        if rid.as_deref() != Some(self.run_id().as_str()) {
+            .arg(self.user_key("unread", user));
+        let Some(values) = self.query_verified(&pipe, &known).await? else {
+            return Ok(None);
+        };
+        let (rid, recent, counts): Answer =
+            redis::from_redis_value(Value::Array(values)).map_err(StoreError::new)?;
+        if rid.as_deref() != Some(known.as_str()) {
             return Ok(None);
         }
         let counts: std::collections::HashMap<String, u64> = counts.into_iter().collect();
@@ -503,164 +498,8 @@ impl RedisIndex {
         }
         call.invoke_async(&mut self.conn.clone())
             .await
-            .map_err(redis_error)
+            .map_err(|e| self.failed(e))
     }
-}
-
-/// Presence of devices across nodes.
-impl RedisIndex {
-    /// Keeps this node's incarnation alive for `ttl`; call more often than that.
-    pub async fn node_alive(&self, node: u16, incarnation: &str, ttl: Duration) -> StoreResult<()> {
-        redis::cmd("SET")
-            .arg(format!("{}:node:{node}", self.prefix))
-            .arg(incarnation)
-            .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)
-    }
-
-    /// `device` of `user` is online through `holder` (`<node>:<incarnation>:<connection>`).
-    pub async fn device_online(&self, user: &str, device: &str, holder: &str) -> StoreResult<()> {
-        redis::cmd("HSET")
-            .arg(self.user_key("presence", user))
-            .arg(device)
-            .arg(holder)
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)
-    }
-
-    /// `holder`'s connection of `device` closed; a newer holder is left alone.
-    pub async fn device_offline(&self, user: &str, device: &str, holder: &str) -> StoreResult<()> {
-        self.offline
-            .key(self.user_key("presence", user))
-            .arg(device)
-            .arg(holder)
-            .invoke_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)
-    }
-
-    /// The devices of `user` online on any live node, with that node's id.
-    pub async fn online_devices(&self, user: &str) -> StoreResult<Vec<(String, u16)>> {
-        let flat: Vec<String> = self
-            .online
-            .key(self.user_key("presence", user))
-            .arg(format!("{}:node:", self.prefix))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_error)?;
-        flat.chunks(2)
-            .map(|pair| match pair {
-                [device, node] => Ok((device.clone(), node.parse().map_err(StoreError::new)?)),
-                _ => Err(StoreError::new("Redis answered an odd presence list")),
-            })
-            .collect()
-    }
-}
-
-fn encode_sent(sent: &SentRecord) -> String {
-    format!(
-        "{}:{}:{}:{}",
-        sent.msg_id, sent.seq, sent.ts, sent.conversation
-    )
-}
-
-fn decode_sent(s: &str) -> StoreResult<SentRecord> {
-    let mut parts = s.splitn(4, ':');
-    let mut number = |what: &str| {
-        parts
-            .next()
-            .ok_or_else(|| StoreError(format!("dedup cache entry without {what}")))
-    };
-    let bad = |e: std::num::ParseIntError| StoreError(format!("corrupt dedup cache entry: {e}"));
-    let msg_id = number("msg_id")?.parse().map_err(bad)?;
-    let seq = number("seq")?.parse().map_err(bad)?;
-    let ts = number("ts")?.parse().map_err(bad)?;
-    let conversation = number("conversation")?.to_string();
-    Ok(SentRecord {
-        msg_id,
-        seq,
-        conversation,
-        ts,
-    })
-}
-
-fn parse_allocated(request: &AllocRequest, value: &Value) -> StoreResult<Allocated> {
-    let items = array(value)?;
-    let tag = text(items.first())?;
-    let stale_user = |i: i64| match (request, i) {
-        (AllocRequest::Message { from, .. }, 1) | (AllocRequest::Read { user: from, .. }, 1) => {
-            from.clone()
-        }
-        (AllocRequest::Message { to, .. }, _) => to.clone(),
-        (AllocRequest::Read { peer, user, .. }, _) => peer.clone().unwrap_or_else(|| user.clone()),
-    };
-    match (request, tag.as_str()) {
-        (_, "stale") => Ok(Allocated::Stale(stale_user(int(items.get(1))?))),
-        (AllocRequest::Message { .. }, "dup") => {
-            Ok(Allocated::Duplicate(decode_sent(&text(items.get(1))?)?))
-        }
-        (AllocRequest::Message { from, to, .. }, "ok") => Ok(Allocated::Message {
-            sender: seq(items.get(1))?,
-            recipient: if to != from {
-                Some(seq(items.get(2))?)
-            } else {
-                None
-            },
-        }),
-        (AllocRequest::Read { .. }, "same") => Ok(Allocated::Read {
-            unread: seq(items.get(1))?,
-            receipts: None,
-        }),
-        (AllocRequest::Read { .. }, "read") => Ok(Allocated::Read {
-            unread: seq(items.get(1))?,
-            receipts: Some((seq(items.get(2))?, seq(items.get(3))?)),
-        }),
-        (_, other) => Err(unexpected(other)),
-    }
-}
-
-fn array(value: &Value) -> StoreResult<&[Value]> {
-    match value {
-        Value::Array(items) => Ok(items),
-        other => Err(StoreError(format!(
-            "Redis script answered {other:?}, not an array"
-        ))),
-    }
-}
-
-fn text(value: Option<&Value>) -> StoreResult<String> {
-    match value {
-        Some(Value::BulkString(b)) => String::from_utf8(b.clone()).map_err(StoreError::new),
-        Some(Value::SimpleString(s)) => Ok(s.clone()),
-        other => Err(StoreError(format!(
-            "Redis script answered {other:?}, not a string"
-        ))),
-    }
-}
-
-fn int(value: Option<&Value>) -> StoreResult<i64> {
-    match value {
-        Some(Value::Int(n)) => Ok(*n),
-        other => Err(StoreError(format!(
-            "Redis script answered {other:?}, not an integer"
-        ))),
-    }
-}
-
-fn seq(value: Option<&Value>) -> StoreResult<u64> {
-    u64::try_from(int(value)?).map_err(StoreError::new)
-}
-
-fn unexpected(tag: &str) -> StoreError {
-    StoreError(format!("Redis script answered {tag:?}"))
-}
-
-fn redis_error(e: redis::RedisError) -> StoreError {
-    StoreError(format!("Redis: {e}"))
 }
 
 #[cfg(test)]

@@ -79,6 +79,8 @@
 //! LWTs use LOCAL_SERIAL: dedup and cursors are linearizable within a datacenter only, so a resend
 //! that reaches another datacenter before replication may be stored twice.
 
+mod seqs;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -102,10 +104,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::log::{MessageLog, MessageSeqs};
-use super::{
-    gap_event, Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult,
-};
+use super::log::{LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite};
+use super::{Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult};
 use crate::msgid::EPOCH_MS;
 
 /// Bump when a table, key or value encoding changes.
@@ -120,8 +120,6 @@ const MSGID_COUNTER_MASK: u64 = 0xfff;
 const DAY_MS: u64 = 86_400_000;
 /// Bucket rows fetched per step while walking `event_buckets` or `history_days`.
 const BUCKET_CHUNK: i32 = 32;
-/// Events per logged batch in `log_events` (each chunk is atomic on its own).
-const EVENTS_PER_BATCH: usize = 100;
 /// Conditional-write rounds `advance_cursor` tries before giving up under contention.
 const CURSOR_ROUNDS: usize = 8;
 /// Schema changes wait for schema agreement; give them longer than a data request.
@@ -297,6 +295,13 @@ impl ScyllaLog {
     }
 }
 
+/// A queued write's answer: the queue's failure or the write's own.
+fn flatten<T: Send + 'static>(
+    queued: BoxFuture<'static, StoreResult<LogResult<T>>>,
+) -> BoxFuture<'static, LogResult<T>> {
+    async move { queued.await? }.boxed()
+}
+
 /// Starts queued jobs in order, at most `max_in_flight` at a time, never two sharing a user.
 async fn run_writer(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>, max_in_flight: usize) {
     let mut running = JoinSet::new();
@@ -346,22 +351,37 @@ impl MessageLog for ScyllaLog {
         msg: NewMessage,
         seqs: MessageSeqs,
         deadline: Instant,
-    ) -> BoxFuture<'static, StoreResult<SendOutcome>> {
+    ) -> BoxFuture<'static, LogResult<SendOutcome>> {
         let users = vec![msg.from.clone(), msg.to.clone()];
+        flatten(self.enqueue(users, move |inner| {
+            async move { Ok(inner.log_message(msg, seqs, deadline).await) }.boxed()
+        }))
+    }
+
+    fn log_gaps(
+        &self,
+        gaps: Vec<(String, u64)>,
+        deadline: Instant,
+    ) -> BoxFuture<'static, StoreResult<()>> {
+        let users = gaps.iter().map(|(owner, _)| owner.clone()).collect();
         self.enqueue(users, move |inner| {
-            async move { inner.log_message(msg, seqs, deadline).await }.boxed()
+            async move { inner.write_gaps(&gaps, deadline).await }.boxed()
         })
     }
 
-    fn log_events(
+    fn log_receipts(
         &self,
-        events: Vec<(String, Event)>,
+        receipt: ReceiptWrite,
         deadline: Instant,
-    ) -> BoxFuture<'static, StoreResult<()>> {
-        let users = events.iter().map(|(owner, _)| owner.clone()).collect();
-        self.enqueue(users, move |inner| {
-            async move { inner.write_events(&events, deadline).await }.boxed()
-        })
+    ) -> BoxFuture<'static, LogResult<bool>> {
+        let users = vec![receipt.user.clone(), receipt.peer.clone()];
+        flatten(self.enqueue(users, move |inner| {
+            async move { Ok(inner.log_receipts(&receipt, deadline).await) }.boxed()
+        }))
+    }
+
+    async fn read_pointer(&self, user: &str, conversation: &str) -> StoreResult<u64> {
+        self.inner.read_pointer(user, conversation).await
     }
 
     async fn read_events(
@@ -581,14 +601,15 @@ impl Inner {
         msg: NewMessage,
         seqs: MessageSeqs,
         deadline: Instant,
-    ) -> StoreResult<SendOutcome> {
+    ) -> LogResult<SendOutcome> {
         let to_self = msg.from == msg.to;
         if to_self == seqs.recipient.is_some() {
             return Err(StoreError::new(format!(
                 "message {} from {} to {}: a recipient seq is needed exactly when the recipient \
                  is someone else",
                 msg.msg_id, msg.from, msg.to
-            )));
+            ))
+            .into());
         }
         let msg_id = to_i64(msg.msg_id, "msg_id")?;
         let sender_seq = to_i64(seqs.sender, "sender seq")?;
@@ -633,14 +654,14 @@ impl Inner {
         let outcome = match self.resend(&msg, &sent, &claimed, deadline).await {
             Ok(None) => return self.write_fresh(&msg, seqs, sent, deadline).await,
             Ok(Some(original)) => Ok(SendOutcome::Duplicate(original)),
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         // Not written fresh: the seqs given for this call must not stay holes.
-        let mut gaps = vec![(msg.from.clone(), gap_event(seqs.sender))];
+        let mut gaps = vec![(msg.from.clone(), seqs.sender)];
         if let Some(seq) = seqs.recipient {
-            gaps.push((msg.to.clone(), gap_event(seq)));
+            gaps.push((msg.to.clone(), seq));
         }
-        self.write_events(&gaps, deadline).await?;
+        self.write_gaps(&gaps, deadline).await?;
         outcome
     }
 
@@ -734,53 +755,66 @@ impl Inner {
         Ok(result.applied)
     }
 
-    /// Step (b): both events, the history row and the max msg_id, in one logged batch. If the
-    /// batch is never sent (the deadline passed first), the dedup entry this attempt holds is
-    /// released, so a resend need not wait out the takeover grace.
+    /// Step (b): the bucket rows, then each event claimed at its seq (a conditional insert: a
+    /// seq that holds an event already is a conflict, and the claims made are undone), then the
+    /// history row and the max msg_id in one logged batch. If this attempt writes no message (the
+    /// deadline passed first, a conflict), the dedup entry it holds is released, so a resend need
+    /// not wait out the takeover grace.
     async fn write_fresh(
         &self,
         msg: &NewMessage,
         seqs: MessageSeqs,
         sent: SentRecord,
         deadline: Instant,
-    ) -> StoreResult<SendOutcome> {
+    ) -> LogResult<SendOutcome> {
+        let written = self.write_fresh_steps(msg, seqs, sent, deadline).await;
+        if let Err(LogError::Conflict { .. }) | Err(LogError::Unavailable(_)) = &written {
+            self.release_dedup(msg).await;
+        }
+        written
+    }
+
+    async fn write_fresh_steps(
+        &self,
+        msg: &NewMessage,
+        seqs: MessageSeqs,
+        sent: SentRecord,
+        deadline: Instant,
+    ) -> LogResult<SendOutcome> {
         let what = || {
             format!(
                 "writing message {} from {} to {}",
                 msg.msg_id, msg.from, msg.to
             )
         };
-        let ready = self
-            .fresh_batch(msg, seqs, sent)
-            .and_then(|built| Ok((built, self.time_left(deadline, &what)?)));
-        match ready {
-            Ok(((batch, appended), timeout)) => {
-                batch.run(&self.session, timeout, what).await?;
-                Ok(SendOutcome::Fresh(appended))
-            }
-            Err(e) => {
-                self.release_dedup(msg).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// The logged batch of a fresh message, and the events it writes.
-    fn fresh_batch(
-        &self,
-        msg: &NewMessage,
-        seqs: MessageSeqs,
-        sent: SentRecord,
-    ) -> StoreResult<(WriteBatch, Appended)> {
         let sender_event = msg.event(seqs.sender, sent.conversation.clone());
         let recipient_event = seqs
             .recipient
             .map(|seq| msg.event(seq, format!("u:{}", msg.from)));
-        let mut batch = WriteBatch::new();
-        batch.event(&self.stmts, &msg.from, &sender_event)?;
+        let mut copies = vec![(msg.from.as_str(), &sender_event)];
         if let Some(event) = &recipient_event {
-            batch.event(&self.stmts, &msg.to, event)?;
+            copies.push((msg.to.as_str(), event));
         }
+        self.claim_events(&copies, deadline).await?;
+        let batch = self.fresh_batch(msg);
+        let sent_batch = match (batch, self.time_left(deadline, &what)) {
+            (Ok(batch), Ok(timeout)) => batch.run(&self.session, timeout, what).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = sent_batch {
+            self.undo_claims(&copies).await;
+            return Err(e.into());
+        }
+        Ok(SendOutcome::Fresh(Appended {
+            sent,
+            sender_event,
+            recipient_event,
+        }))
+    }
+
+    /// The logged batch of a fresh message's history row and max msg_id.
+    fn fresh_batch(&self, msg: &NewMessage) -> StoreResult<WriteBatch> {
+        let mut batch = WriteBatch::new();
         let msg_id = to_i64(msg.msg_id, "msg_id")?;
         let (a, b) = pair(&msg.from, &msg.to);
         let day = history_day(msg.msg_id);
@@ -808,12 +842,7 @@ impl Inner {
                 msg_id_slot(msg.msg_id),
             ),
         );
-        let appended = Appended {
-            sent,
-            sender_event,
-            recipient_event,
-        };
-        Ok((batch, appended))
+        Ok(batch)
     }
 
     /// Best effort: removes the dedup entry of `msg` if it still names `msg`'s msgid. Only for an
@@ -838,27 +867,6 @@ impl Inner {
         if let Err(e) = released {
             tracing::warn!("{e}");
         }
-    }
-
-    /// Writes `(owner, event)` rows in logged batches of [`EVENTS_PER_BATCH`].
-    async fn write_events(&self, events: &[(String, Event)], deadline: Instant) -> StoreResult<()> {
-        for chunk in events.chunks(EVENTS_PER_BATCH) {
-            let mut batch = WriteBatch::new();
-            for (owner, event) in chunk {
-                batch.event(&self.stmts, owner, event)?;
-            }
-            let what = || {
-                let (owner, event) = &chunk[0];
-                format!(
-                    "writing {} event(s) from {owner}'s seq {}",
-                    chunk.len(),
-                    event.seq
-                )
-            };
-            let timeout = self.time_left(deadline, &what)?;
-            batch.run(&self.session, timeout, what).await?;
-        }
-        Ok(())
     }
 
     /// The time left before `deadline`, capped by the request timeout; an error once it passed.
@@ -956,18 +964,16 @@ impl WriteBatch {
         self.values.push(Box::new(values));
     }
 
-    /// The event row and its bucket row.
-    fn event(&mut self, stmts: &Statements, owner: &str, event: &Event) -> StoreResult<()> {
-        let seq = to_i64(event.seq, "event seq")?;
+    /// The bucket row of an event at `seq` of `owner` (the event row itself is claimed with a
+    /// conditional insert, see `seqs.rs`).
+    fn bucket(&mut self, stmts: &Statements, owner: &str, seq: u64) -> StoreResult<()> {
         if seq == 0 {
             return Err(StoreError::new(format!("an event of {owner} has seq 0")));
         }
-        let bucket = event_bucket(event.seq);
         self.push(
-            &stmts.insert_event,
-            (owner.to_owned(), bucket, seq, event.encode_to_vec()),
+            &stmts.insert_event_bucket,
+            (owner.to_owned(), event_bucket(seq)),
         );
-        self.push(&stmts.insert_event_bucket, (owner.to_owned(), bucket));
         Ok(())
     }
 
@@ -1019,6 +1025,14 @@ impl Lwt {
         Ok(Lwt { applied, columns })
     }
 
+    /// A blob column of the row as it was, if the answer carries it.
+    fn columns_blob(&self, name: &str) -> Option<Vec<u8>> {
+        match self.columns.get(name) {
+            Some(CqlValue::Blob(b)) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
     fn opt_i64(&self, name: &str) -> StoreResult<Option<i64>> {
         match self.columns.get(name) {
             None => Ok(None),
@@ -1054,7 +1068,11 @@ impl Lwt {
 
 /// The prepared statements, all at LOCAL_QUORUM (LWTs: LOCAL_SERIAL).
 struct Statements {
-    insert_event: PreparedStatement,
+    claim_event: PreparedStatement,
+    replace_event: PreparedStatement,
+    read_pointer: PreparedStatement,
+    create_read_pointer: PreparedStatement,
+    raise_read_pointer: PreparedStatement,
     insert_event_bucket: PreparedStatement,
     event_buckets_from: PreparedStatement,
     event_buckets_down: PreparedStatement,
@@ -1078,8 +1096,28 @@ impl Statements {
     async fn prepare(session: &Session, ks: &str) -> StoreResult<Statements> {
         let p = |cql: String| prepare(session, cql);
         Ok(Statements {
-            insert_event: p(format!(
-                "INSERT INTO {ks}.events (owner, bucket, seq, event) VALUES (?, ?, ?, ?)"
+            claim_event: p(format!(
+                "INSERT INTO {ks}.events (owner, bucket, seq, event) VALUES (?, ?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            replace_event: p(format!(
+                "UPDATE {ks}.events SET event = ? WHERE owner = ? AND bucket = ? AND seq = ? \
+                 IF event = ?"
+            ))
+            .await?,
+            read_pointer: p(format!(
+                "SELECT msg_id FROM {ks}.read_pointers WHERE owner = ? AND conversation = ?"
+            ))
+            .await?,
+            create_read_pointer: p(format!(
+                "INSERT INTO {ks}.read_pointers (owner, conversation, msg_id) VALUES (?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            raise_read_pointer: p(format!(
+                "UPDATE {ks}.read_pointers SET msg_id = ? WHERE owner = ? AND conversation = ? \
+                 IF msg_id < ?"
             ))
             .await?,
             insert_event_bucket: p(format!(
@@ -1198,6 +1236,8 @@ async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> StoreResult<
         "dedup (sender text, client_msg_id text, msg_id bigint, seq bigint, conversation text, \
          ts bigint, deadline_ms bigint, PRIMARY KEY ((sender, client_msg_id)))",
         "cursors (owner text, device text, seq bigint, PRIMARY KEY (owner, device))",
+        "read_pointers (owner text, conversation text, msg_id bigint, \
+         PRIMARY KEY (owner, conversation))",
         "max_msg_id (slot int PRIMARY KEY, msg_id bigint)",
         "meta (name text PRIMARY KEY, n bigint)",
     ];
@@ -1518,9 +1558,7 @@ mod tests {
             .log_message(message("alice", "bob", "c1", 100), seqs(1, Some(1)), gone)
             .await;
         assert!(refused.is_err(), "{refused:?}");
-        let refused = log
-            .log_events(vec![("alice".into(), gap_event(2))], gone)
-            .await;
+        let refused = log.log_gaps(vec![("alice".into(), 2)], gone).await;
         assert!(refused.is_err(), "{refused:?}");
         assert!(log
             .read_events("alice", 0, 10)
@@ -1548,11 +1586,11 @@ mod tests {
         let edge = 1u64 << EVENT_BUCKET_BITS;
         let far = 5 * edge + 3;
         let seqs_written = [edge - 2, edge - 1, edge, edge + 1, far];
-        let events = seqs_written
+        let gaps = seqs_written
             .iter()
-            .map(|&s| ("alice".to_string(), gap_event(s)))
+            .map(|&s| ("alice".to_string(), s))
             .collect();
-        log.log_events(events, soon()).await.expect("write");
+        log.log_gaps(gaps, soon()).await.expect("write");
         let all = log.read_events("alice", 0, 100).await.expect("read");
         let got: Vec<u64> = all.iter().map(|e| e.seq).collect();
         assert_eq!(got, seqs_written, "ascending across buckets, holes absent");
