@@ -430,7 +430,11 @@ async fn a_long_rebuild_delays_only_its_own_user() {
     // big is being rebuilt; alice and carol are not held up by it.
     for k in 1..5 {
         let m = next_msg("alice", "carol", &format!("a{k}"));
-        let outcome = store.append_message(m.clone()).await.expect("alice's send");
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(20), store.append_message(m.clone()))
+                .await
+                .expect("alice's send does not wait for big's rebuild")
+                .expect("alice's send");
         ledger.record_send(&m, &outcome);
     }
     assert!(!slow.is_finished(), "big's send waits for big's rebuild");
