@@ -1,6 +1,6 @@
 //! Build script of mqim-im-plugin: tells the tests whether a ScyllaDB is available.
 //!
-//! The ScyllaDB log's tests (`src/store/scylla_log.rs`) need a real server. With `SCYLLA_URI`
+//! The ScyllaDB log's tests (`src/store/scylla_log/`) need a real server. With `SCYLLA_URI`
 //! (`host:port`) set and non-empty they are compiled to run (`cfg(scylla_available)`); without it
 //! they are reported as ignored, never as passed.
 

@@ -33,15 +33,19 @@
 //!   writes arrive in; ties within one millisecond go to the larger value (ScyllaDB compares live
 //!   cells of equal timestamp by value: `docs/dev/timestamp-conflict-resolution.md`). No LWT
 //!   on the hot path, no cluster-wide hot row; `max_msg_id` reads at most 1024 rows at start-up.
+//! - `read_pointers ((owner), conversation) -> msg_id`: the highest msgid a logged receipt of the
+//!   owner covers (~60 bytes per conversation read; written per `read`, not per message).
 //! - `meta ((name)) -> n`: `schema_version`, so an old binary refuses a newer layout.
 //!
 //! Durable total: ~560 bytes + 3c per message per replica; the logged batch also passes through
 //! the batchlog of two other nodes (written, then deleted).
 //!
 //! Writes. [`MessageLog::log_message`] runs: (a) a conditional `INSERT INTO dedup ... IF NOT
-//! EXISTS` (LWT, LOCAL_SERIAL); (b) if applied, one LOGGED batch with both event rows, their
-//! bucket rows, the history rows and the max msg_id: ScyllaDB cannot make a batch over several
-//! partitions conditional, hence two steps. The logged batch lands whole or not at all
+//! EXISTS` (LWT, LOCAL_SERIAL); (b) if applied, the bucket rows, then each event row claimed with
+//! `INSERT ... IF NOT EXISTS` (a seq that holds an event already is a conflict: the claims made
+//! are turned into gaps and the dedup record released, see `seqs.rs`), then one LOGGED batch
+//! with the history rows and the max msg_id: ScyllaDB cannot make a batch over several
+//! partitions conditional, hence the steps. The logged batch lands whole or not at all
 //! (eventually: the batchlog replays it if the coordinator dies). (c) If the dedup record exists,
 //! it is a resend: the original's sender event is read at its recorded seq. There: the resend
 //! is a [`SendOutcome::Duplicate`]. Absent (or a gap): the original failed or is in flight; while
@@ -58,20 +62,20 @@
 //! [`ScyllaLogConfig::max_in_flight`] at a time, and never starts a job while an earlier one
 //! touching one of its users (sender, recipient, event owners) runs: jobs that could observe each
 //! other apply in call order, disjoint ones overlap. The head of the queue waits for its users,
-//! so one busy user delays the jobs queued behind it. A message costs one LWT plus one logged
-//! batch, ~3-5 ms within a datacenter: ~250 messages/s per sending user, and up to
-//! `max_in_flight` times that (64: ~15k/s) per node while the users differ.
+//! so one busy user delays the jobs queued behind it. A message costs three LWTs (dedup, two
+//! stream rows) plus two batches, one after another: an estimated ~8-15 ms within a datacenter
+//! (not measured here), ~100 messages/s per sending user, and up to `max_in_flight` times that
+//! per node while the users differ.
 //!
 //! Deadlines. A job whose deadline has passed when it starts, or before any of its requests, fails
 //! and writes nothing more; each request's client-side timeout is the time left (at most
 //! [`ScyllaLogConfig::request_timeout_ms`]). Residual risk: a request the driver gave up on may
 //! still be applied by its coordinator, up to ScyllaDB's write timeout later, or, for a logged
 //! batch whose coordinator died, whenever the batchlog replays it. A late write within the grace
-//! is harmless: a resend waits for it and then finds it. One later still (a batchlog replayed
-//! after a long outage) can duplicate a message that a resend took over, and can land after the
-//! split store wrote a `gap` over its seqs, replacing the gap with the message: events are then
-//! not immutable. Server-side timeouts (`USING TIMEOUT`) would narrow the first case, not the
-//! second.
+//! is harmless: a resend waits for it and then finds it. Stream rows are only ever written by
+//! LWTs, so no late write replaces an event: a late claim finds its seq taken (by a gap, or by
+//! another message) and does nothing. A late history batch (a batchlog replayed after a long
+//! outage) can add a history row for a message whose stream rows were undone.
 //!
 //! Consistency. LOCAL_QUORUM for reads and writes: with RF 3, a read overlaps every acknowledged
 //! write in the local datacenter (the resend check, `sync` after `sent` and `max_seq` after a
