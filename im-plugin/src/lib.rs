@@ -6,7 +6,7 @@
 //! - `wire`: request decoding and downlink encoding (canonical proto3 JSON or protobuf).
 //! - `topics`: the `im/{user}/{device}/{up|down}/{json|pb}` tree.
 //! - `presence`: online devices; `delivery`: live delivery in commit order.
-//! - `msgid`: node-unique, time-ordered message ids.
+//! - `msgid`: node-unique, time-ordered message ids; `conversation`: conversation ids (`u:`, `g:`).
 //! - `auth`: JWT checking and issuing.
 //! - `store/`: the store traits, their conformance suite and the backends (embedded: fjall; scale-out: Redis index + message log).
 //! - `config`, `error`: settings and the stable error codes; `limits`: the per-user send rate.
@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conversation;
 pub mod delivery;
 pub mod error;
 pub mod limits;

@@ -30,7 +30,7 @@ pub(crate) fn page_limit(requested: Option<u32>) -> Result<usize, ImError> {
 
 /// Checks a conversation id (`u:<user>`) and returns the peer.
 pub(crate) fn parse_conversation(id: &str) -> Result<&str, ImError> {
-    id.strip_prefix("u:")
+    crate::conversation::Conversation::peer(id)
         .filter(|u| crate::topics::valid_user_id(u))
         .ok_or_else(|| ImError::invalid("`conversation` must be `u:<user id>`"))
 }

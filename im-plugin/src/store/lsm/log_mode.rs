@@ -22,6 +22,7 @@ use super::{
     event_row, pair_key, u64_value, unexpected_output, user_conv_key, writer_gone, LsmStore, Op,
     Output, Pending, Table, META_MAX_MSG_ID,
 };
+use crate::conversation::Conversation;
 use crate::store::log::{LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite};
 use crate::store::{
     gap_event, receipt_event, Appended, HistoryPage, InboxStore, MessageStore, NewMessage,
@@ -71,14 +72,17 @@ impl Pending<'_> {
         seqs: MessageSeqs,
     ) -> StoreResult<Output> {
         let dedup_key = checked_key(pair_key(&msg.from, msg.client_msg_id.as_bytes()))?;
-        let copies: Vec<(&str, u64, String)> =
-            std::iter::once((msg.from.as_str(), seqs.sender, format!("u:{}", msg.to)))
-                .chain(
-                    seqs.recipient
-                        .filter(|_| msg.to != msg.from)
-                        .map(|seq| (msg.to.as_str(), seq, format!("u:{}", msg.from))),
-                )
-                .collect();
+        let copies: Vec<(&str, u64, String)> = std::iter::once((
+            msg.from.as_str(),
+            seqs.sender,
+            Conversation::with_user(&msg.to),
+        ))
+        .chain(
+            seqs.recipient
+                .filter(|_| msg.to != msg.from)
+                .map(|seq| (msg.to.as_str(), seq, Conversation::with_user(&msg.from))),
+        )
+        .collect();
         if let Some(original) = self.get(Table::Dedup, &dedup_key)? {
             let original = decode_dedup(&original)?.0;
             let gaps: Vec<(String, Event)> = copies
@@ -171,7 +175,12 @@ impl Pending<'_> {
             return Ok(Output::Logged(false));
         }
         let own = receipt_event(r.own_seq, r.conversation.clone(), &r.user, r.up_to);
-        let theirs = receipt_event(r.peer_seq, format!("u:{}", r.user), &r.user, r.up_to);
+        let theirs = receipt_event(
+            r.peer_seq,
+            Conversation::with_user(&r.user),
+            &r.user,
+            r.up_to,
+        );
         let at = [(r.user.as_str(), r.own_seq), (r.peer.as_str(), r.peer_seq)];
         if let Some(conflict) = self.first_taken(at)? {
             return Ok(conflict);

@@ -60,6 +60,7 @@ use super::{
     InboxStore, MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError,
     StoreResult, StreamPage,
 };
+use crate::conversation::Conversation;
 
 mod log_mode;
 
@@ -517,7 +518,7 @@ impl<'a> Pending<'a> {
         }
         let by_time_key = checked_key(by_time_key(msg.ts, &msg.from, &msg.client_msg_id))?;
 
-        let conversation = format!("u:{}", msg.to);
+        let conversation = Conversation::with_user(&msg.to);
         let sender_seq = self.next_seq(&msg.from)?;
         let sender_event = msg.event(sender_seq, conversation.clone());
         let sender_row = event_row(&msg.from, &sender_event)?;
@@ -525,7 +526,7 @@ impl<'a> Pending<'a> {
             None
         } else {
             let seq = self.next_seq(&msg.to)?;
-            let event = msg.event(seq, format!("u:{}", msg.from));
+            let event = msg.event(seq, Conversation::with_user(&msg.from));
             let row = event_row(&msg.to, &event)?;
             Some((seq, event, row))
         };
@@ -542,7 +543,7 @@ impl<'a> Pending<'a> {
         let sender_inbox = self.inbox_update(&msg.from, &conversation, msg, sender_seq)?;
         let recipient_inbox = match &recipient {
             Some((seq, _, _)) => {
-                let peer_conversation = format!("u:{}", msg.from);
+                let peer_conversation = Conversation::with_user(&msg.from);
                 let update = self.inbox_update(&msg.to, &peer_conversation, msg, *seq)?;
                 let count_key = checked_key(user_conv_key(&msg.to, &peer_conversation))?;
                 let count = self.get_u64(Table::UnreadCount, &count_key, "unread count")?;
@@ -666,13 +667,16 @@ impl<'a> Pending<'a> {
             }
         }
         let left = count.saturating_sub(removed.len() as u64);
-        let peer = conversation
-            .strip_prefix("u:")
-            .filter(|_| !removed.is_empty());
+        let peer = Conversation::peer(conversation).filter(|_| !removed.is_empty());
         let receipts = match peer {
             Some(peer) => {
                 let own = receipt_event(self.next_seq(user)?, conversation.into(), user, up_to);
-                let theirs = receipt_event(self.next_seq(peer)?, format!("u:{user}"), user, up_to);
+                let theirs = receipt_event(
+                    self.next_seq(peer)?,
+                    Conversation::with_user(user),
+                    user,
+                    up_to,
+                );
                 let rows = (event_row(user, &own)?, event_row(peer, &theirs)?);
                 Some((own, peer.to_string(), theirs, rows))
             }

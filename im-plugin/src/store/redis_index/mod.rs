@@ -380,7 +380,7 @@ impl RedisIndex {
         call.key(self.user_key("seq", from))
             .key(self.user_key("recent", from))
             .key(self.dedup_key(from, client_msg_id));
-        let peer_conversation = format!("u:{from}");
+        let peer_conversation = crate::conversation::Conversation::with_user(from);
         if to != from {
             call.key(self.user_key("seq", to))
                 .key(self.user_key("recent", to))

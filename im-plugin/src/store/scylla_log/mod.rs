@@ -110,6 +110,7 @@ use tokio::task::JoinSet;
 
 use super::log::{LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite};
 use super::{Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult};
+use crate::conversation::Conversation;
 use crate::msgid::EPOCH_MS;
 
 /// Bump when a table, key or value encoding changes.
@@ -493,7 +494,7 @@ impl MessageLog for ScyllaLog {
     ) -> StoreResult<HistoryPage> {
         let mut page = HistoryPage::default();
         // Only one-to-one conversations exist; anything else has no history.
-        let Some(peer) = conversation.strip_prefix("u:") else {
+        let Some(peer) = Conversation::peer(conversation) else {
             return Ok(page);
         };
         // Newest allowed msg_id, inclusive.
@@ -535,7 +536,7 @@ impl MessageLog for ScyllaLog {
                             "decoding history message {msg_id} of {user} and {peer}: {e}"
                         ))
                     })?;
-                    m.conversation = format!("u:{peer}");
+                    m.conversation = Conversation::with_user(peer);
                     messages.push(m);
                 }
                 if messages.len() >= wanted {
@@ -623,7 +624,7 @@ impl Inner {
         let sent = SentRecord {
             msg_id: msg.msg_id,
             seq: seqs.sender,
-            conversation: format!("u:{}", msg.to),
+            conversation: Conversation::with_user(&msg.to),
             ts: msg.ts,
         };
         let deadline_ms = wall_ms_at(deadline);
@@ -794,7 +795,7 @@ impl Inner {
         let sender_event = msg.event(seqs.sender, sent.conversation.clone());
         let recipient_event = seqs
             .recipient
-            .map(|seq| msg.event(seq, format!("u:{}", msg.from)));
+            .map(|seq| msg.event(seq, Conversation::with_user(&msg.from)));
         let mut copies = vec![(msg.from.as_str(), &sender_event)];
         if let Some(event) = &recipient_event {
             copies.push((msg.to.as_str(), event));

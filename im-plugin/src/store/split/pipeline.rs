@@ -15,6 +15,7 @@ use tracing::warn;
 
 use super::fresh::{warn_rebuild_failed, Writing};
 use super::{Reply, Shared};
+use crate::conversation::Conversation;
 use crate::store::log::{LogError, MessageSeqs, ReceiptWrite};
 use crate::store::redis_index::{AllocRequest, Allocated};
 use crate::store::{
@@ -126,7 +127,7 @@ impl Job {
 }
 
 pub(super) fn peer_of(conversation: &str) -> Option<&str> {
-    conversation.strip_prefix("u:")
+    Conversation::peer(conversation)
 }
 
 /// The pipeline task's state.
@@ -409,7 +410,12 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
                             receipt_event(own_seq, conversation, &user, up_to),
                             (
                                 peer,
-                                receipt_event(peer_seq, format!("u:{user}"), &user, up_to),
+                                receipt_event(
+                                    peer_seq,
+                                    Conversation::with_user(&user),
+                                    &user,
+                                    up_to,
+                                ),
                             ),
                         )),
                     }),
