@@ -81,14 +81,24 @@ impl Shared {
         if self.is_fresh(user) {
             return Ok(()); // checked meanwhile
         }
-        // Which Redis is this? (Also names the connection, see `RedisIndex::query_verified`.)
-        let rid = self.index.refresh_run_id().await?;
-        let forced = self.suspect.lock().contains(user);
-        if forced || self.index.last_seq(user).await?.is_none() {
-            self.rebuild(user, &rid).await?;
+        // Verified against the Redis process whose run_id is `known` (see
+        // `RedisIndex::query_verified`); `None` if the keys are stale or that process is gone.
+        let known = self.index.run_id();
+        let counter = self.index.last_seq(user).await?;
+        let rid = self.index.run_id();
+        let forced = self.suspect.lock().remove(user);
+        if forced || counter.is_none() || rid != known {
+            if let Err(e) = self.rebuild(user, &rid).await {
+                if forced {
+                    self.suspect.lock().insert(user.to_string());
+                }
+                return Err(e);
+            }
         }
-        self.suspect.lock().remove(user);
-        self.mark_fresh(user, &rid);
+        // A conflict seen while this ran asks for another rebuild.
+        if !self.suspect.lock().contains(user) {
+            self.mark_fresh(user, &rid);
+        }
         Ok(())
     }
 
