@@ -6,6 +6,8 @@
 //! [`mqim_im_plugin::hooks::PushHook`].
 //!
 //! Layout:
+//! - `bridge`: `PushBridge`, the push hook: which device gets what, when; outcomes.
+//! - `state`: registrations, per-device cursors, mutes and the push log, in files.
 //! - `config`: the `[push]` section.
 //! - `notification`: a device's registration and the notification decided for it.
 //! - `provider`: the provider trait and push outcomes; one file per provider: `apns`, `fcm`,
@@ -14,10 +16,14 @@
 #![forbid(unsafe_code)]
 
 pub mod apns;
+pub mod bridge;
 pub mod config;
 pub mod fcm;
 pub mod notification;
 pub mod provider;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod webhook;
+
+pub use bridge::PushBridge;
