@@ -360,3 +360,59 @@ async fn an_offline_iphone_gets_an_apns_push_over_http2() {
     assert_eq!(body["aps"]["badge"], 1);
     assert_eq!(body["msgId"], sent["msgId"]);
 }
+
+#[tokio::test]
+async fn a_token_registered_on_another_device_moves_there() {
+    let rx = Receiver::start().await;
+    let b = Broker::start_with(&push_env(&[]));
+    let url = rx.url("shared-phone");
+    let mut old = Device::connect(&b, "bob", "phone").await;
+    register(&mut old, &url).await;
+    go_offline(old).await;
+    // The phone changes hands: carol registers the same endpoint.
+    let mut new = Device::connect(&b, "carol", "phone").await;
+    register(&mut new, &url).await;
+    go_offline(new).await;
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    alice.send("bob", "t1", "for bob").await;
+    assert!(
+        rx.next(Duration::from_secs(2)).await.is_none(),
+        "bob no longer holds the token"
+    );
+    alice.send("carol", "t2", "for carol").await;
+    let p = rx.next(common::WAIT).await.expect("carol's push");
+    assert_eq!(str_of(&p, "user"), "carol");
+}
+
+#[tokio::test]
+async fn on_the_redis_store_a_device_online_on_another_node_gets_no_push() {
+    let rx = Receiver::start().await;
+    let redis = mqim_im_plugin::testing::RedisServer::start();
+    let url = redis.url();
+    let store = [
+        ("MQIM_STORE_BACKEND", "redis+embedded"),
+        ("MQIM_REDIS_URL", url.as_str()),
+    ];
+    let a = Broker::start_with(&push_env(&[store[0], store[1], ("MQIM_NODE_ID", "1")]));
+    let b = Broker::start_with(&push_env(&[store[0], store[1], ("MQIM_NODE_ID", "2")]));
+    let mut phone = Device::connect(&a, "bob", "phone").await;
+    register(&mut phone, &rx.url("phone")).await;
+    go_offline(phone).await;
+    // The phone is online on node B; node A handles alice's send.
+    let on_b = Device::connect(&b, "bob", "phone").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut alice = Device::connect(&a, "alice", "ap").await;
+    alice.send("bob", "n1", "you are on B").await;
+    assert!(
+        rx.next(Duration::from_secs(2)).await.is_none(),
+        "online on another node: no push"
+    );
+    go_offline(on_b).await;
+    let sent = alice.send("bob", "n2", "now offline").await;
+    let p = rx
+        .next(common::WAIT)
+        .await
+        .expect("offline everywhere: a push");
+    assert_eq!(p["msgId"], sent["msgId"]);
+    assert_eq!(str_of(&p, "badge"), "2");
+}
