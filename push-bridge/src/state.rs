@@ -269,3 +269,92 @@ pub fn format_log(data_dir: &Path, user: &str) -> std::io::Result<String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notification::ProviderKind;
+
+    fn reg() -> Registration {
+        Registration {
+            provider: ProviderKind::Webhook,
+            token: "https://push.example.com/x".into(),
+            topic: None,
+            sandbox: false,
+            locale: None,
+            preview: false,
+        }
+    }
+
+    fn entry(seq: u64) -> LogEntry {
+        LogEntry {
+            at_ms: 1,
+            provider: "webhook".into(),
+            status: "delivered".into(),
+            reason: String::new(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn state_survives_a_reopen_and_the_log_keeps_the_last_20() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PushState::open(dir.path()).unwrap();
+        s.update("bob/with:odd chars", |u| {
+            let d = u.devices.entry("phone".into()).or_default();
+            d.registration = Some(reg());
+            d.pushed_up_to = 7;
+            for i in 0..25 {
+                d.log(entry(i));
+            }
+            u.mutes.insert("u:alice".into(), None);
+        })
+        .unwrap();
+        drop(s);
+        let s = PushState::open(dir.path()).unwrap();
+        assert_eq!(s.users().unwrap(), vec!["bob/with:odd chars".to_string()]);
+        let u = s.get("bob/with:odd chars").unwrap();
+        let d = &u.devices["phone"];
+        assert_eq!(d.pushed_up_to, 7);
+        assert_eq!(d.log.len(), LOG_LEN);
+        assert_eq!(
+            d.log.front().unwrap().seq,
+            5,
+            "the oldest entries went first"
+        );
+        assert!(u.muted("u:alice", 0));
+        assert!(!u.muted("u:carol", 0));
+        let text = format_log(dir.path(), "bob/with:odd chars").unwrap();
+        assert!(
+            text.contains("registered with webhook, pushed up to seq 7"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_timed_mute_ends() {
+        let mut u = UserState::default();
+        u.mutes.insert("u:alice".into(), Some(1000));
+        assert!(u.muted("u:alice", 999));
+        assert!(!u.muted("u:alice", 1000));
+    }
+
+    #[test]
+    fn a_token_is_cleared_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PushState::open(dir.path()).unwrap();
+        let bob = TokenOwner {
+            user: "bob".into(),
+            device: "phone".into(),
+        };
+        let carol = TokenOwner {
+            user: "carol".into(),
+            device: "phone".into(),
+        };
+        s.set_token_owner("webhook:x", &carol).unwrap();
+        s.clear_token("webhook:x", &bob).unwrap();
+        assert_eq!(s.token_owner("webhook:x").unwrap(), Some(carol.clone()));
+        s.clear_token("webhook:x", &carol).unwrap();
+        assert_eq!(s.token_owner("webhook:x").unwrap(), None);
+    }
+}
