@@ -294,7 +294,14 @@ impl PushBridge {
                 .await?;
             let n = match plan {
                 Plan::Nothing(upto) => {
-                    self.advance(user, &device, &reg, upto, None, None)?;
+                    // Not synced either: losing it only means deciding "nothing" again.
+                    self.state.update_lazy(user, |s| {
+                        if let Some(d) = s.devices.get_mut(&device) {
+                            if d.registration.as_ref() == Some(&reg) {
+                                d.pushed_up_to = d.pushed_up_to.max(upto);
+                            }
+                        }
+                    })?;
                     continue;
                 }
                 Plan::Push(n) => n,
