@@ -98,7 +98,7 @@ async fn register(d: &mut Device, url: &str) {
 /// Disconnects and gives the broker a moment to see the session close.
 async fn go_offline(d: Device) {
     d.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 fn str_of(v: &Value, k: &str) -> String {
@@ -199,6 +199,18 @@ async fn a_muted_conversation_pushes_nothing_and_others_still_push() {
         "2",
         "the muted message still counts as unread"
     );
+
+    // Unmuted (from another device of bob's), alice's next message pushes again.
+    let mut laptop = Device::connect(&b, "bob", "laptop").await;
+    let r = laptop
+        .call(json!({"unmute": {"conversation": "u:alice"}}))
+        .await;
+    assert!(r.get("unmute").is_some(), "{r}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    alice.send("bob", "a2", "unmuted").await;
+    let p = rx.next(common::WAIT).await.expect("unmuted: a push");
+    assert_eq!(str_of(&p, "from"), "alice");
+    assert_eq!(str_of(&p, "badge"), "3");
 }
 
 #[tokio::test]
@@ -400,7 +412,8 @@ async fn on_the_redis_store_a_device_online_on_another_node_gets_no_push() {
     go_offline(phone).await;
     // The phone is online on node B; node A handles alice's send.
     let on_b = Device::connect(&b, "bob", "phone").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Presence reaches Redis asynchronously.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut alice = Device::connect(&a, "alice", "ap").await;
     alice.send("bob", "n1", "you are on B").await;
     assert!(
@@ -415,4 +428,59 @@ async fn on_the_redis_store_a_device_online_on_another_node_gets_no_push() {
         .expect("offline everywhere: a push");
     assert_eq!(p["msgId"], sent["msgId"]);
     assert_eq!(str_of(&p, "badge"), "2");
+}
+
+#[tokio::test]
+async fn an_offline_android_phone_gets_an_fcm_v1_message() {
+    let fake = FakeServer::start(Mode::Plain, |r: &Recorded| {
+        if r.path == "/token" {
+            Answer::json(200, json!({"access_token": "ya29.e2e", "expires_in": 3599}))
+        } else {
+            Answer::json(200, json!({"name": "projects/p/messages/1"}))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../push-bridge/tests/fixtures/fcm-test-key.pem");
+    let sa = dir.path().join("sa.json");
+    std::fs::write(
+        &sa,
+        json!({
+            "client_email": "push@p.iam.gserviceaccount.com",
+            "private_key": std::fs::read_to_string(key).unwrap(),
+            "private_key_id": "k1",
+            "token_uri": format!("{}/token", fake.url()),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("mqim.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[push.fcm]\nservice_account_file = {sa:?}\nproject_id = \"p\"\nbase_url = \"{}\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let b = Broker::start_with(&[("MQIM_CONFIG", cfg.to_str().unwrap())]);
+    let mut phone = Device::connect(&b, "bob", "android").await;
+    let r = phone
+        .call(json!({"pushRegister": {"provider": "fcm", "token": "fcm-token-1"}}))
+        .await;
+    assert!(r.get("pushRegister").is_some(), "{r}");
+    go_offline(phone).await;
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    let sent = alice.send("bob", "f1", "hi").await;
+    let token = fake.next(common::WAIT).await.expect("a token request");
+    assert_eq!(token.path, "/token");
+    let send = fake.next(common::WAIT).await.expect("an FCM send");
+    assert_eq!(send.path, "/v1/projects/p/messages:send");
+    assert_eq!(send.header("authorization"), Some("Bearer ya29.e2e"));
+    let m = &send.json()["message"];
+    assert_eq!(m["token"], "fcm-token-1");
+    assert_eq!(m["android"]["collapse_key"], "u:alice");
+    assert_eq!(m["data"]["msgId"], sent["msgId"]);
+    assert_eq!(m["data"]["badge"], "1");
 }
