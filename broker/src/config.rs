@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mqim_im_plugin::config::{AuthConfig, ImConfig, StoreConfig};
+use mqim_push_bridge::config::PushConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::{Access, Rule};
@@ -23,6 +24,8 @@ pub struct Config {
     pub im: ImConfig,
     /// Embedded store (default) or Redis index + message log.
     pub store: StoreConfig,
+    /// Push notifications to devices that are not connected (no provider on by default).
+    pub push: PushConfig,
     /// Access rules for topics outside `im/` (deny by default).
     pub acl: Vec<Rule>,
 }
@@ -69,6 +72,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             im: ImConfig::default(),
             store: StoreConfig::default(),
+            push: PushConfig::default(),
             acl: vec![Rule {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
@@ -177,6 +181,7 @@ impl Config {
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
+        self.push.apply_env(&get)?;
         Ok(())
     }
 
@@ -231,6 +236,7 @@ impl Config {
         if c.store.scylla.password.is_some() {
             c.store.scylla.password = Some("***".into());
         }
+        c.push = c.push.redacted();
         toml::to_string(&c).unwrap_or_default()
     }
 }
@@ -292,6 +298,26 @@ mod tests {
         let l = c.listeners().unwrap();
         assert_eq!(l.mqtt.port(), 0);
         assert!(l.ws.is_none());
+    }
+
+    #[test]
+    fn push_environment_overrides_and_the_webhook_secret_is_masked() {
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "MQIM_PUSH_WEBHOOK_SECRET" => Some("hunter2-secret".into()),
+            "MQIM_PUSH_WEBHOOK_ALLOW" => {
+                Some("https://push.example.com/, http://127.0.0.1:".into())
+            }
+            "MQIM_PUSH_MIN_INTERVAL_MS" => Some("250".into()),
+            _ => None,
+        })
+        .unwrap();
+        let w = c.push.webhook.as_ref().unwrap();
+        assert_eq!(w.allow, ["https://push.example.com/", "http://127.0.0.1:"]);
+        assert_eq!(c.push.min_interval_ms, 250);
+        let shown = c.redacted();
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("[push.webhook]"), "{shown}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `mqim`: the MQTT broker with instant-messaging semantics.
 //!
-//! `mqim serve` runs the broker; `mqim token <user>` prints a token that broker accepts.
+//! `mqim serve` runs the broker; `mqim token <user>` prints a token that broker accepts;
+//! `mqim push-log <user>` shows the user's push registrations and recent push outcomes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +43,9 @@ enum Command {
         #[arg(long, default_value = "24h")]
         ttl: humantime::Duration,
     },
+    /// Show USER's push registrations and the last push outcomes per device (same data dir;
+    /// works while the broker runs).
+    PushLog { user: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +55,13 @@ fn main() -> anyhow::Result<()> {
         Command::Token { user, ttl } => {
             let auth = Authenticator::load(&cfg.auth, &cfg.data_dir)?;
             println!("{}", auth.issue(&user, Duration::from(ttl).as_secs())?);
+            Ok(())
+        }
+        Command::PushLog { user } => {
+            print!(
+                "{}",
+                mqim_push_bridge::state::format_log(&cfg.data_dir, &user)?
+            );
             Ok(())
         }
         Command::Serve => {
@@ -82,6 +93,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("opening the store")?;
     let plugin = ImPlugin::open(cfg.im.clone(), auth, store.clone()).await?;
     let purge = plugin.spawn_dedup_purge();
+    let push = mqim_push_bridge::PushBridge::start(&cfg.push, &cfg.data_dir, &plugin)
+        .context("starting the push bridge")?;
+    plugin.set_push_hook(push);
     let server = Server::bind(
         &cfg.listeners()?,
         cfg.limits(),

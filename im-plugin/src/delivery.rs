@@ -12,6 +12,7 @@ use std::sync::Arc;
 use mqim_schemas::v1::Event;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::hooks::Hooks;
 use crate::presence::Presence;
 
 /// One event for one user's online devices, except the connection that caused it.
@@ -34,11 +35,18 @@ pub struct DeliveryQueue {
 impl DeliveryQueue {
     /// Starts the draining task.
     pub fn start(presence: Arc<Presence>) -> DeliveryQueue {
+        Self::start_with_hooks(presence, Arc::default())
+    }
+
+    /// Starts the draining task; every delivered event is also reported to `hooks` (after
+    /// live delivery, in the same commit order).
+    pub fn start_with_hooks(presence: Arc<Presence>, hooks: Arc<Hooks>) -> DeliveryQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Receiver<Vec<Delivery>>>();
         tokio::spawn(async move {
             while let Some(slot) = rx.recv().await {
                 if let Ok(deliveries) = slot.await {
                     for d in deliveries {
+                        hooks.event_committed(&d.user, &d.event);
                         presence.deliver(&d.user, d.event, d.exclude_conn);
                     }
                 }

@@ -10,6 +10,7 @@
 //! - `auth`: JWT checking and issuing.
 //! - `store/`: the store traits, their conformance suite and the backends (embedded: fjall; scale-out: Redis index + message log).
 //! - `config`, `error`: settings and the stable error codes; `limits`: the per-user send rate.
+//! - `hooks`: the push hook the broker registers (committed events, the push operations).
 //!
 //! It knows nothing of MQTT packets or sockets: the connection layer reaches it through
 //! [`presence::DeviceLink`] and [`ImPlugin::handle_uplink`].
@@ -20,6 +21,7 @@ pub mod config;
 pub mod conversation;
 pub mod delivery;
 pub mod error;
+pub mod hooks;
 pub mod limits;
 pub mod msgid;
 pub mod ops;

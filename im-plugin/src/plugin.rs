@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ImConfig;
 use crate::delivery::DeliveryQueue;
+use crate::hooks::{Hooks, PushHook};
 use crate::limits::SendLimiter;
 use crate::msgid::MsgIdGen;
 use crate::presence::{DeviceLink, Presence};
@@ -33,6 +34,7 @@ pub struct ImPlugin {
     pub(crate) presence: Arc<Presence>,
     pub(crate) deliveries: DeliveryQueue,
     pub(crate) send_limit: SendLimiter,
+    pub(crate) hooks: Arc<Hooks>,
 }
 
 impl ImPlugin {
@@ -46,6 +48,7 @@ impl ImPlugin {
         let ids = MsgIdGen::new(cfg.node_id, floor)?;
         let presence = Arc::new(Presence::default());
         let send_limit = SendLimiter::new(cfg.max_sends_per_sec, cfg.send_burst);
+        let hooks = Arc::new(Hooks::default());
         Ok(Arc::new(ImPlugin {
             send_limit,
             cfg,
@@ -53,9 +56,25 @@ impl ImPlugin {
             store,
             ids,
             order: Mutex::new(()),
-            deliveries: DeliveryQueue::start(presence.clone()),
+            deliveries: DeliveryQueue::start_with_hooks(presence.clone(), hooks.clone()),
             presence,
+            hooks,
         }))
+    }
+
+    /// Registers the push hook (once, at start-up); false if one was already set.
+    pub fn set_push_hook(&self, hook: Arc<dyn PushHook>) -> bool {
+        self.hooks.set_push(hook)
+    }
+
+    /// The store this service runs on (the push bridge reads streams and unread counts).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// This node's online devices.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
     }
 
     /// Checks a connecting user's token.
@@ -114,6 +133,10 @@ impl ImPlugin {
             Some(Op::Conversations(r)) => ops::conversations::start(self, &link, r),
             Some(Op::Read(r)) => ops::read::start(self, &link, r),
             Some(Op::History(r)) => ops::history::start(self, &link, r),
+            Some(Op::PushRegister(r)) => ops::push_register::start(self, &link, r),
+            Some(Op::PushUnregister(r)) => ops::push_unregister::start(self, &link, r),
+            Some(Op::Mute(r)) => ops::mute::start(self, &link, r),
+            Some(Op::Unmute(r)) => ops::unmute::start(self, &link, r),
             // decode_request rejects requests without an operation.
             None => return futures::future::ready(()).boxed(),
         };

@@ -79,6 +79,14 @@ impl Presence {
             .map_or(0, |e| e.devices.len())
     }
 
+    /// Is `device` of `user` connected to this node?
+    pub fn is_online(&self, user: &str, device: &str) -> bool {
+        self.shard(user)
+            .lock()
+            .get(user)
+            .is_some_and(|e| e.devices.iter().any(|d| d.device() == device))
+    }
+
     /// Delivers `event` of `user`'s stream to every online device of the user except
     /// `exclude_conn`.
     pub fn deliver(&self, user: &str, event: Event, exclude_conn: Option<u64>) {

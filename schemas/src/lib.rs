@@ -81,7 +81,18 @@ mod tests {
     fn request_ops_come_from_the_schema() {
         assert_eq!(
             super::REQUEST_OPS,
-            &["send", "sync", "ack", "conversations", "read", "history"]
+            &[
+                "send",
+                "sync",
+                "ack",
+                "conversations",
+                "read",
+                "history",
+                "pushRegister",
+                "pushUnregister",
+                "mute",
+                "unmute"
+            ]
         );
     }
 }

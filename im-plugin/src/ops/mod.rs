@@ -4,9 +4,13 @@
 pub mod ack;
 pub mod conversations;
 pub mod history;
+pub mod mute;
+pub mod push_register;
+pub mod push_unregister;
 pub mod read;
 pub mod send;
 pub mod sync;
+pub mod unmute;
 
 use futures::future::BoxFuture;
 use mqim_schemas::v1::reply;
