@@ -43,6 +43,10 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     pub connect_timeout_secs: u64,
     pub session_expiry_secs: u64,
+    /// QoS 1/2 messages queued per offline persistent session (oldest dropped past it).
+    pub max_queued_messages: usize,
+    /// General-topic subscriptions per session.
+    pub max_subscriptions: usize,
     pub shutdown_grace_secs: u64,
     /// New connections one IP address may open per second (0: unlimited); bursts of twice that.
     pub max_connects_per_ip_per_sec: u32,
@@ -73,6 +77,7 @@ impl Default for Config {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
                 access: Access::ReadWrite,
+                deny: false,
             }],
         }
     }
@@ -91,6 +96,8 @@ impl Default for MqttConfig {
             allow_anonymous: false,
             connect_timeout_secs: 10,
             session_expiry_secs: 24 * 3600,
+            max_queued_messages: 1000,
+            max_subscriptions: 1000,
             shutdown_grace_secs: 10,
             max_connects_per_ip_per_sec: 100,
             tls: None,
@@ -217,6 +224,8 @@ impl Config {
             connect_timeout: Duration::from_secs(m.connect_timeout_secs),
             max_connections: m.max_connections,
             session_expiry: Duration::from_secs(m.session_expiry_secs),
+            max_queued_messages: m.max_queued_messages,
+            max_subscriptions: m.max_subscriptions,
             connects_per_ip_per_sec: m.max_connects_per_ip_per_sec,
         }
     }

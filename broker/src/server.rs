@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::acl::Acl;
 use crate::codec::{DisconnectReason, QoS};
 use crate::extension::Extension;
-use crate::router::{GeneralRouter, RouterSettings};
+use crate::router::{Router, RouterSettings};
 use crate::session::{Principal, Session};
 
 /// Protocol and resource limits.
@@ -37,8 +37,13 @@ pub struct Limits {
     pub allow_anonymous: bool,
     pub connect_timeout: Duration,
     pub max_connections: usize,
-    /// How long a disconnected persistent session keeps its subscriptions.
+    /// How long a disconnected persistent session keeps its subscriptions (the most a 5.0
+    /// client may ask for).
     pub session_expiry: Duration,
+    /// QoS 1/2 messages queued for an offline persistent session; past it the oldest is dropped.
+    pub max_queued_messages: usize,
+    /// General-topic subscriptions one session may hold (more get SUBACK 0x97 / 0x80).
+    pub max_subscriptions: usize,
     /// New connections per second from one IP address (0: unlimited), bursts of twice that.
     pub connects_per_ip_per_sec: u32,
 }
@@ -56,18 +61,31 @@ pub struct Listeners {
 pub struct Shared {
     pub(crate) ext: Arc<dyn Extension>,
     pub(crate) acl: Acl,
-    pub(crate) router: GeneralRouter,
+    pub(crate) router: Router,
     pub(crate) sessions: SessionTable,
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_reason: AtomicU8,
     conn_counter: AtomicU64,
+    /// Process start, seconds since the epoch (for assigned client ids).
+    started: u64,
     connect_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
 
 impl Shared {
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A client id for a client that sent none: unique in this process and, with the start
+    /// time in it, unlikely to meet one of an earlier run.
+    pub(crate) fn assign_client_id(&self, conn_id: u64) -> String {
+        format!("mqim-{:x}-{conn_id}", self.started)
+    }
+
+    /// The receive maximum announced to 5.0 clients: the connection's pending-publish limit.
+    pub(crate) fn receive_max(&self) -> u16 {
+        u16::try_from(self.limits.max_pending_acks.max(1)).unwrap_or(u16::MAX)
     }
 
     pub(crate) fn shutdown_reason(&self) -> DisconnectReason {
@@ -122,10 +140,10 @@ impl Server {
             Some((addr, acceptor)) => Some((TcpListener::bind(addr).await?, acceptor.clone())),
             None => None,
         };
-        let router = GeneralRouter::start(RouterSettings {
-            max_links: limits.max_connections,
-            max_packet_size: limits.max_packet_size,
-        })?;
+        let router = Router::new(RouterSettings {
+            max_queued: limits.max_queued_messages,
+            max_subscriptions: limits.max_subscriptions,
+        });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let shared = Arc::new(Shared {
@@ -136,6 +154,9 @@ impl Server {
             shutdown: shutdown_rx,
             shutdown_reason: AtomicU8::new(0),
             conn_counter: AtomicU64::new(0),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             connect_limit: std::num::NonZeroU32::new(limits.connects_per_ip_per_sec).map(|rate| {
                 // Bursts of twice the rate.
                 let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
@@ -298,15 +319,32 @@ async fn serve_tls(
     }
 }
 
-/// Drops persistent sessions whose client did not come back in time.
+/// Drops persistent sessions whose client did not come back in time, and logs the abuse
+/// counters when they changed (each event is logged once where it happens, then counted).
 async fn sweep_sessions(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = crate::metrics::snapshot();
+    for n in 0u64.. {
         tick.tick().await;
+        // 5.0 session expiry intervals are in seconds: checked every second.
+        shared.router.expire();
+        if n % 60 != 0 {
+            continue;
+        }
         shared.sessions.expire(shared.limits.session_expiry);
         if let Some(limit) = &shared.connect_limit {
             limit.retain_recent();
             limit.shrink_to_fit();
+        }
+        let now = crate::metrics::snapshot();
+        if now != last {
+            info!(
+                outbox_overflows = now.0,
+                offline_dropped = now.1,
+                protocol_errors = now.2,
+                "counters"
+            );
+            last = now;
         }
     }
 }

@@ -1,11 +1,16 @@
 //! One client connection, from CONNECT to close: the MQTT state machine.
 //!
-//! It owns the socket, the read and write buffers, packet ids, in-flight QoS 1 deliveries and the
-//! connection's general-topic router link (created on first use). Claimed-tree publishes go to the
-//! extension and are acknowledged in the order received, each only after the extension finished
-//! with it (for IM: after the message is durable). It must not know what the claimed tree means.
+//! It owns the socket, the read and write buffers, packet ids, in-flight deliveries (QoS 1 until
+//! PUBACK, QoS 2 until PUBCOMP), client topic aliases and the connection's handle on its
+//! general-topic session in the router (taken on first use or on resume). Claimed-tree
+//! publishes go to the extension and are acknowledged in the order received, each only after
+//! the extension finished with it (for IM: after the message is durable). It must not know what
+//! the claimed tree means.
+//!
+//! Files: `mod.rs` the handshake and the main loop; `publish.rs` publishes in both directions
+//! and the will; `subscribe.rs` SUBSCRIBE and UNSUBSCRIBE.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,25 +18,30 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
-use futures::FutureExt;
-use rumqttc::mqttbytes::{has_wildcards, matches, valid_filter, valid_topic};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::acl::strip_share;
 use crate::codec::{
-    self, CodecError, ConnAckCode, DisconnectReason, Incoming, Outgoing, Publish, QoS, SubCode,
+    self, AckReason, CodecError, ConnAck, ConnAckCode, DisconnectReason, Incoming, Outgoing, QoS,
     Version, Will,
 };
-use crate::extension::{AuthDecision, ConnectInfo, PublishOutcome};
+use crate::extension::{AuthDecision, ConnectInfo};
+use crate::router::{Outbound, RSession};
 use crate::server::Shared;
-use crate::session::{Delivery, Principal, Session};
+use crate::session::{Principal, Session};
+
+mod publish;
+mod subscribe;
 
 /// Most deliveries taken from the outbox per wake-up, so one busy session cannot starve reading.
 const DRAIN_BATCH: usize = 64;
 /// Write buffers larger than this are released once flushed, so idle connections stay small.
 const KEEP_BUFFER: usize = 16 * 1024;
+/// Highest topic alias a 5.0 client may use (announced in CONNACK).
+pub const TOPIC_ALIAS_MAX: u16 = 32;
+/// Longest client id accepted, in bytes; the README's rule for device ids.
+pub const MAX_CLIENT_ID: usize = 128;
 
 /// Why the main loop ended, which decides whether the will is published.
 enum End {
@@ -104,7 +114,6 @@ struct Accepted {
     state: State,
     will: Option<Will>,
     keep_alive: u16,
-    persistent: bool,
     restored: Option<Vec<(String, QoS)>>,
 }
 
@@ -118,6 +127,12 @@ struct Conn<R, W> {
     peer: SocketAddr,
 }
 
+/// Is `id` a client id mqim accepts? Not `/`, `+`, `#` (they would widen ACL patterns and IM
+/// topics), no control characters, at most [`MAX_CLIENT_ID`] bytes.
+pub fn valid_client_id(id: &str) -> bool {
+    id.len() <= MAX_CLIENT_ID && !id.contains(['/', '+', '#']) && !id.chars().any(char::is_control)
+}
+
 impl<R, W> Conn<R, W>
 where
     R: AsyncRead + Unpin + Send,
@@ -125,7 +140,19 @@ where
 {
     async fn read_connect(&mut self) -> Result<codec::Connect, CodecError> {
         loop {
-            if let Some(v) = codec::sniff_version(&self.rbuf)? {
+            let sniffed = match codec::sniff_version(&self.rbuf) {
+                Err(CodecError::UnsupportedVersion(level)) => {
+                    // MQTT-3.1.2-2: CONNACK 0x01, then close.
+                    let _ = self
+                        .writer
+                        .write_all(&codec::UNSUPPORTED_VERSION_CONNACK)
+                        .await;
+                    let _ = self.writer.flush().await;
+                    return Err(CodecError::UnsupportedVersion(level));
+                }
+                other => other?,
+            };
+            if let Some(v) = sniffed {
                 self.version = v;
                 match v.read(&mut self.rbuf, self.shared.limits.max_packet_size) {
                     Ok(Incoming::Connect(c)) => return Ok(*c),
@@ -133,17 +160,7 @@ where
                         return Err(CodecError::Malformed("first packet is not CONNECT".into()))
                     }
                     Err(CodecError::Incomplete(n)) => self.rbuf.reserve(n),
-                    Err(e) => {
-                        if matches!(e, CodecError::UnsupportedVersion(_)) {
-                            self.send_now(Outgoing::ConnAck {
-                                session_present: false,
-                                code: ConnAckCode::UnsupportedVersion,
-                                max_packet_size: 0,
-                            })
-                            .await;
-                        }
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),
                 }
             }
             let n = self
@@ -166,12 +183,9 @@ where
         self.wbuf.clear();
     }
 
-    fn refuse(code: ConnAckCode) -> Outgoing {
-        Outgoing::ConnAck {
-            session_present: false,
-            code,
-            max_packet_size: 0,
-        }
+    async fn refuse(&mut self, code: ConnAckCode) {
+        self.send_now(Outgoing::ConnAck(Box::new(ConnAck::refuse(code))))
+            .await;
     }
 
     /// Reads CONNECT, authenticates, registers the session and queues CONNACK. `None` when the
@@ -195,12 +209,22 @@ where
         let shared = self.shared.clone();
         let conn_id = shared.next_conn_id();
         let mut client_id = connect.client_id.clone();
+        let mut assigned = None;
         if client_id.is_empty() {
-            if !connect.clean_start {
-                self.send_now(Self::refuse(ConnAckCode::BadClientId)).await;
+            // 3.1.1: an empty id only with clean session 1 (MQTT-3.1.3-8); 5.0: the server
+            // assigns one and says which (MQTT-3.1.3-7, 3.2.2.3.7).
+            if self.version == Version::V311 && !connect.clean_start {
+                self.refuse(ConnAckCode::BadClientId).await;
                 return None;
             }
-            client_id = format!("mqim-auto-{conn_id}");
+            client_id = shared.assign_client_id(conn_id);
+            if self.version == Version::V5 {
+                assigned = Some(client_id.clone());
+            }
+        } else if !valid_client_id(&client_id) {
+            debug!(%peer, "refused: client id not allowed");
+            self.refuse(ConnAckCode::BadClientId).await;
+            return None;
         }
         let info = ConnectInfo {
             client_id: &client_id,
@@ -213,14 +237,12 @@ where
             AuthDecision::Anonymous if shared.limits.allow_anonymous => None,
             AuthDecision::Anonymous => {
                 info!(peer = %self.peer, %client_id, "refused: no credentials and anonymous access is off");
-                self.send_now(Self::refuse(ConnAckCode::NotAuthorized))
-                    .await;
+                self.refuse(ConnAckCode::NotAuthorized).await;
                 return None;
             }
             AuthDecision::Denied(why) => {
                 info!(peer = %self.peer, %client_id, reason = %why, "refused: not authorized");
-                self.send_now(Self::refuse(ConnAckCode::NotAuthorized))
-                    .await;
+                self.refuse(ConnAckCode::NotAuthorized).await;
                 return None;
             }
         };
@@ -231,21 +253,40 @@ where
             self.version,
             shared.limits.outbox_limit,
         ));
-        // Persistent sessions live for 3.1.1 clean_session=0, or 5.0 with a session expiry.
-        let persistent = !connect.clean_start
-            && (self.version == Version::V311 || connect.session_expiry.unwrap_or(0) > 0);
+        // How long the session outlives the connection: 3.1.1 clean_session=0 gets the
+        // configured maximum; 5.0 its session expiry interval, capped by it.
+        let max_expiry = u32::try_from(shared.limits.session_expiry.as_secs()).unwrap_or(u32::MAX);
+        let (expiry, announced) = match self.version {
+            Version::V311 if !connect.clean_start => (max_expiry, None),
+            Version::V311 => (0, None),
+            Version::V5 => {
+                let asked = connect.session_expiry.unwrap_or(0);
+                let e = asked.min(max_expiry);
+                (e, (e != asked).then_some(e))
+            }
+        };
+        let persistent = expiry > 0;
         let restored = shared
             .sessions
             .open(&session, connect.clean_start, persistent);
+        let mut general = shared
+            .router
+            .attach(&principal, &session, connect.clean_start);
+        if general.is_none() && persistent && connect.will.as_ref().is_some_and(|w| w.delay > 0) {
+            // A delayed will needs a session to be cancelled by the client's return.
+            general = Some(shared.router.session(&session));
+        }
+        let ack = ConnAck {
+            session_present: restored.is_some() || general.is_some(),
+            code: ConnAckCode::Success,
+            max_packet_size: shared.limits.max_packet_size as u32,
+            assigned_client_id: assigned,
+            receive_max: shared.receive_max(),
+            topic_alias_max: TOPIC_ALIAS_MAX,
+            session_expiry: announced,
+        };
         self.version
-            .write(
-                Outgoing::ConnAck {
-                    session_present: restored.is_some(),
-                    code: ConnAckCode::Success,
-                    max_packet_size: shared.limits.max_packet_size as u32,
-                },
-                &mut self.wbuf,
-            )
+            .write(Outgoing::ConnAck(Box::new(ack)), &mut self.wbuf)
             .ok();
         let keep_alive = connect.keep_alive;
         // Only the will is needed from here on; the credentials are not kept for the session.
@@ -253,14 +294,17 @@ where
         drop(connect.password.take());
         let state = State {
             session: session.clone(),
-            link_open: false,
+            general,
             next_pkid: 0,
-            inflight: HashSet::new(),
+            inflight: HashMap::new(),
             max_inflight: usize::from(connect.receive_maximum.unwrap_or(u16::MAX))
                 .min(shared.limits.max_inflight),
             client_max_packet: connect.max_packet_size.map(|m| m as usize),
             qos2_in: HashSet::new(),
             acks: None,
+            qos_pending: 0,
+            aliases: None,
+            expiry,
         };
         // Boxed so the caller's future holds a pointer, not the session state.
         Some(Box::new(Accepted {
@@ -268,7 +312,6 @@ where
             state,
             will,
             keep_alive,
-            persistent,
             restored,
         }))
     }
@@ -279,7 +322,6 @@ where
             mut state,
             will,
             keep_alive,
-            persistent,
             restored,
         } = *accepted;
         let shared = self.shared.clone();
@@ -287,7 +329,8 @@ where
         if let Some(subs) = restored {
             for (filter, qos) in subs {
                 // Re-authorize: a restored subscription gets no more than a fresh one would.
-                let _ = Box::pin(self.subscribe_one(&mut state, &filter, qos)).await;
+                let opts = codec::SubOptions::qos(qos);
+                let _ = Box::pin(self.subscribe_one(&mut state, &filter, opts, None)).await;
             }
         }
         shared.ext.on_session_open(&session);
@@ -299,17 +342,30 @@ where
             End::Clean { with_will } => with_will,
             End::Server | End::Abnormal => true,
         };
-        if publish_will {
-            if let Some(will) = will {
-                Box::pin(self.publish_will(&session, will)).await;
-            }
-        }
         session.mark_closed();
+        let persistent = state.expiry > 0;
         shared
             .sessions
             .close(&session, persistent.then(|| session.subscriptions()));
-        if state.link_open {
-            shared.router.close(conn_id);
+        let generation = state.general.as_ref().map(|g| g.generation());
+        if let Some(rs) = state.general.take() {
+            let unacked = state.take_unacked();
+            let expiry = Duration::from_secs(u64::from(state.expiry));
+            shared.router.detach(&rs, conn_id, Some(expiry), unacked);
+            if publish_will {
+                if let Some(will) = will {
+                    self.publish_will(
+                        &session,
+                        will,
+                        Some((rs, generation.unwrap_or(0))),
+                        state.expiry,
+                    );
+                }
+            }
+        } else if publish_will {
+            if let Some(will) = will {
+                self.publish_will(&session, will, None, state.expiry);
+            }
         }
         shared.ext.on_session_close(&session);
         debug!(conn = conn_id, "session closed");
@@ -341,20 +397,15 @@ where
                         }
                     }
                     Err(CodecError::Incomplete(n)) => {
-                        self.rbuf.reserve(n);
+                        // Never reserve more than the largest packet allowed.
+                        self.rbuf.reserve(n.min(shared.limits.max_packet_size));
                         break;
                     }
-                    Err(CodecError::TooLarge(n)) => {
-                        info!(
-                            conn = st.session.conn_id,
-                            size = n,
-                            "packet over the maximum size: closing"
-                        );
-                        return Box::pin(self.close_with(DisconnectReason::PacketTooLarge)).await;
-                    }
                     Err(e) => {
-                        info!(conn = st.session.conn_id, error = %e, "protocol error: closing");
-                        return Box::pin(self.close_with(DisconnectReason::ProtocolError)).await;
+                        crate::metrics::PROTOCOL_ERRORS
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        debug!(conn = st.session.conn_id, error = %e, "bad packet: closing");
+                        return Box::pin(self.close_with(e.reason())).await;
                     }
                 }
             }
@@ -365,7 +416,8 @@ where
             // Move what the outbox holds into the write buffer, within the in-flight window.
             if st.inflight.len() < st.max_inflight && st.session.has_queued() {
                 drained.clear();
-                st.session.drain(DRAIN_BATCH, &mut drained);
+                let room = st.max_inflight - st.inflight.len();
+                st.session.drain(DRAIN_BATCH.min(room), &mut drained);
                 for d in drained.drain(..) {
                     if let Some(reason) = self.encode_delivery(st, d) {
                         return Box::pin(self.close_with_server(reason)).await;
@@ -381,13 +433,18 @@ where
                     let reason = shared.shutdown_reason();
                     return Box::pin(self.close_with_server(reason)).await;
                 }
-                Some((pkid, qos, outcome)) = next_ack(&mut st.acks), if pending > 0 => {
-                    let authorized = outcome == PublishOutcome::Accepted;
+                Some((pkid, qos, reason)) = next_ack(&mut st.acks), if pending > 0 => {
                     let ack = match qos {
-                        QoS::AtLeastOnce => Outgoing::PubAck { pkid, authorized },
-                        _ => Outgoing::PubRec { pkid, authorized },
+                        // A QoS 0 request is not acknowledged; it only held its place in the
+                        // connection's limit until it was handled.
+                        QoS::AtMostOnce => None,
+                        QoS::AtLeastOnce => Some(Outgoing::PubAck { pkid, reason }),
+                        QoS::ExactlyOnce => Some(Outgoing::PubRec { pkid, reason }),
                     };
-                    let _ = self.version.write(ack, &mut self.wbuf);
+                    if let Some(ack) = ack {
+                        st.qos_pending = st.qos_pending.saturating_sub(1);
+                        let _ = self.version.write(ack, &mut self.wbuf);
+                    }
                 }
                 r = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     if r.is_err() {
@@ -413,44 +470,6 @@ where
                     info!(conn = st.session.conn_id, "keepalive timeout");
                     return Box::pin(self.close_with(DisconnectReason::KeepAliveTimeout)).await;
                 }
-            }
-        }
-    }
-
-    /// Encodes one delivery. Returns a reason if the session must close.
-    fn encode_delivery(&mut self, st: &mut State, d: Delivery) -> Option<DisconnectReason> {
-        match d {
-            Delivery::Close(reason) => Some(reason),
-            Delivery::Publish {
-                topic,
-                payload,
-                qos,
-                retain,
-            } => {
-                let size = topic.len() + payload.len() + 8;
-                if st.client_max_packet.is_some_and(|m| size > m) {
-                    // 5.0: a packet over the client's maximum is dropped (MQTT 3.1.2.11).
-                    return None;
-                }
-                let pkid = if qos == QoS::AtMostOnce {
-                    0
-                } else {
-                    let id = st.alloc_pkid();
-                    st.inflight.insert(id);
-                    id
-                };
-                let p = Publish {
-                    topic,
-                    payload,
-                    qos,
-                    retain,
-                    dup: false,
-                    pkid,
-                };
-                if let Err(e) = self.version.write(Outgoing::Publish(p), &mut self.wbuf) {
-                    warn!(error = %e, "could not encode a delivery");
-                }
-                None
             }
         }
     }
@@ -484,42 +503,52 @@ where
                 st.inflight.remove(&pkid);
             }
             Incoming::PubRec(pkid) => {
+                // QoS 2, step 2: the message is the client's now; only PUBREL/PUBCOMP remain.
+                if let Some(f) = st.inflight.get_mut(&pkid) {
+                    *f = Inflight::Released;
+                }
                 let _ = self.version.write(Outgoing::PubRel(pkid), &mut self.wbuf);
             }
             Incoming::PubRel(pkid) => {
                 st.qos2_in.remove(&pkid);
                 let _ = self.version.write(Outgoing::PubComp(pkid), &mut self.wbuf);
             }
-            Incoming::Subscribe { pkid, filters } => {
-                let mut codes = Vec::with_capacity(filters.len());
-                for (filter, qos) in filters {
-                    codes.push(self.subscribe_one(st, &filter, qos).await);
-                }
-                let _ = self
-                    .version
-                    .write(Outgoing::SubAck { pkid, codes }, &mut self.wbuf);
+            Incoming::Subscribe { pkid, filters, id } => {
+                self.on_subscribe(st, pkid, filters, id).await;
             }
             Incoming::Unsubscribe { pkid, filters } => {
-                let count = filters.len();
-                for f in filters {
-                    if !st.session.remove_claimed(&f) && st.session.remove_general(&f) {
-                        self.shared.router.unsubscribe(st.session.conn_id, f).await;
-                    }
-                }
+                let existed = filters
+                    .iter()
+                    .map(|f| self.unsubscribe_one(st, f))
+                    .collect();
                 let _ = self
                     .version
-                    .write(Outgoing::UnsubAck { pkid, count }, &mut self.wbuf);
+                    .write(Outgoing::UnsubAck { pkid, existed }, &mut self.wbuf);
             }
             Incoming::PingReq => {
                 let _ = self.version.write(Outgoing::PingResp, &mut self.wbuf);
             }
-            Incoming::Disconnect { with_will } => return Some(End::Clean { with_will }),
+            Incoming::Disconnect {
+                with_will,
+                session_expiry,
+            } => {
+                if let Some(e) = session_expiry {
+                    if st.expiry == 0 && e > 0 {
+                        // MQTT-3.14.2-2: a session that was to end cannot be kept at DISCONNECT.
+                        return Some(self.close_with(DisconnectReason::ProtocolError).await);
+                    }
+                    let max = u32::try_from(self.shared.limits.session_expiry.as_secs())
+                        .unwrap_or(u32::MAX);
+                    st.expiry = e.min(max);
+                }
+                return Some(End::Clean { with_will });
+            }
             Incoming::Connect(_) => {
-                info!(conn = st.session.conn_id, "second CONNECT: protocol error");
+                debug!(conn = st.session.conn_id, "second CONNECT: protocol error");
                 return Some(self.close_with(DisconnectReason::ProtocolError).await);
             }
             Incoming::Unexpected(what) => {
-                info!(
+                debug!(
                     conn = st.session.conn_id,
                     packet = what,
                     "unexpected packet: protocol error"
@@ -529,164 +558,71 @@ where
         }
         None
     }
+}
 
-    async fn on_publish(&mut self, st: &mut State, p: Publish) -> Option<End> {
-        if p.topic.is_empty() || !valid_topic(&p.topic) || has_wildcards(&p.topic) {
-            info!(conn = st.session.conn_id, topic = %p.topic, "invalid topic name: closing");
-            return Some(self.close_with(DisconnectReason::ProtocolError).await);
-        }
-        if p.qos == QoS::ExactlyOnce && !st.qos2_in.insert(p.pkid) {
-            // A retransmitted QoS 2 publish we already handled: answer again, act once.
-            let _ = self.version.write(
-                Outgoing::PubRec {
-                    pkid: p.pkid,
-                    authorized: true,
-                },
-                &mut self.wbuf,
-            );
-            return None;
-        }
-        let shared = self.shared.clone();
-        let claimed = is_claimed(&p.topic, shared.ext.claimed_prefix());
-        let done: BoxFuture<'static, PublishOutcome> = if claimed {
-            if st.session.user().is_none() {
-                futures::future::ready(PublishOutcome::NotAuthorized).boxed()
-            } else {
-                shared.ext.on_publish(&st.session, &p.topic, p.payload)
-            }
-        } else if shared.acl.can_publish(&st.session.principal, &p.topic) {
-            shared
-                .router
-                .publish(p.topic, p.payload, p.qos, p.retain)
-                .await;
-            futures::future::ready(PublishOutcome::Accepted).boxed()
-        } else {
-            debug!(conn = st.session.conn_id, topic = %p.topic, "publish denied by ACL");
-            futures::future::ready(PublishOutcome::NotAuthorized).boxed()
-        };
-        if p.qos != QoS::AtMostOnce {
-            let (pkid, qos) = (p.pkid, p.qos);
-            st.acks
-                .get_or_insert_with(FuturesOrdered::new)
-                .push_back(done.map(move |o| (pkid, qos, o)).boxed());
-        } else {
-            tokio::spawn(done);
-        }
-        None
-    }
-
-    async fn subscribe_one(&mut self, st: &mut State, filter: &str, qos: QoS) -> SubCode {
-        let shared = self.shared.clone();
-        let granted = qos.min(QoS::AtLeastOnce);
-        let inner = strip_share(filter);
-        if inner.is_empty() || !valid_filter(inner) {
-            return SubCode::InvalidFilter;
-        }
-        if is_claimed_filter(inner, shared.ext.claimed_prefix()) {
-            // Claimed topics are granted exactly, never by wildcard or shared group.
-            if filter != inner
-                || has_wildcards(filter)
-                || st.session.user().is_none()
-                || !shared.ext.authorize_subscribe(&st.session, filter)
-            {
-                info!(conn = st.session.conn_id, %filter, "subscription denied");
-                return SubCode::NotAuthorized;
-            }
-            st.session.add_claimed(filter.to_string(), granted);
-            shared.ext.on_subscribed(&st.session, filter);
-            return SubCode::Granted(granted);
-        }
-        if !shared.acl.can_subscribe(&st.session.principal, filter) {
-            info!(conn = st.session.conn_id, %filter, "subscription denied by ACL");
-            return SubCode::NotAuthorized;
-        }
-        if !st.link_open {
-            let Some(rx) = shared.router.open(st.session.conn_id).await else {
-                return SubCode::NotAuthorized;
-            };
-            st.link_open = true;
-            let session = st.session.clone();
-            tokio::spawn(crate::router::forward_loop(rx, move |f| {
-                // Deliver at the lower of the publisher's QoS and the best matching subscription.
-                let sub_qos = session
-                    .general
-                    .lock()
-                    .iter()
-                    .filter(|(g, _)| matches(&f.topic, strip_share(g)))
-                    .map(|(_, q)| *q)
-                    .max();
-                let Some(sub_qos) = sub_qos else { return true };
-                session.push(Delivery::Publish {
-                    topic: f.topic,
-                    payload: f.payload,
-                    qos: f.qos.min(sub_qos),
-                    retain: false,
-                }) || !session.is_closed()
-            }));
-        }
-        st.session.add_general(filter.to_string(), granted);
-        shared
-            .router
-            .subscribe(st.session.conn_id, filter.to_string())
-            .await;
-        SubCode::Granted(granted)
-    }
-
-    async fn publish_will(&mut self, session: &Session, will: Will) {
-        let shared = &self.shared;
-        if is_claimed(&will.topic, shared.ext.claimed_prefix())
-            || !valid_topic(&will.topic)
-            || !shared.acl.can_publish(&session.principal, &will.topic)
-        {
-            debug!(conn = session.conn_id, topic = %will.topic, "will not published (not allowed)");
-            return;
-        }
-        shared
-            .router
-            .publish(will.topic, will.payload, will.qos, will.retain)
-            .await;
-    }
+/// One unacknowledged delivery.
+enum Inflight {
+    /// An IM delivery: not re-sent (IM clients catch up with `sync`).
+    Claimed,
+    /// A general message, kept to be re-sent if the session resumes.
+    General(Box<Outbound>),
+    /// QoS 2 after PUBREC: waiting for PUBCOMP.
+    Released,
 }
 
 /// Per-connection protocol state.
 struct State {
     session: Arc<Session>,
-    link_open: bool,
+    /// The session's general-topic state in the router, once it has any.
+    general: Option<Arc<RSession>>,
     next_pkid: u16,
-    inflight: HashSet<u16>,
+    inflight: HashMap<u16, Inflight>,
     max_inflight: usize,
     client_max_packet: Option<usize>,
     qos2_in: HashSet<u16>,
-    /// Acknowledgements of received publishes, completed in the order received.
-    /// Created on the first QoS 1/2 publish: an idle connection does not pay for it.
+    /// Handling of received publishes, completed in the order received (QoS 0 ones included,
+    /// so every request counts against `max_pending_acks`). Created on the first publish: an
+    /// idle connection does not pay for it.
     acks: Acks,
+    /// QoS 1/2 publishes received and not yet acknowledged (5.0 receive maximum).
+    qos_pending: usize,
+    /// 5.0 topic aliases the client set.
+    aliases: Option<HashMap<u16, String>>,
+    /// Session expiry interval in seconds (0: the session ends with the connection).
+    expiry: u32,
 }
 
 impl State {
     fn alloc_pkid(&mut self) -> u16 {
         loop {
             self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains(&self.next_pkid) {
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
                 return self.next_pkid;
             }
         }
     }
+
+    /// The general messages still unacknowledged, in the order they were sent.
+    fn take_unacked(&mut self) -> Vec<Box<Outbound>> {
+        let mut v: Vec<(u16, Box<Outbound>)> = self
+            .inflight
+            .drain()
+            .filter_map(|(id, f)| match f {
+                Inflight::General(mut o) => {
+                    o.pkid = id;
+                    Some((id, o))
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| id.wrapping_sub(self.next_pkid));
+        v.into_iter().map(|(_, o)| o).collect()
+    }
 }
 
-fn is_claimed(topic: &str, prefix: &str) -> bool {
-    topic.starts_with(prefix) || prefix.strip_suffix('/') == Some(topic)
-}
+type Acks = Option<FuturesOrdered<BoxFuture<'static, (u16, QoS, AckReason)>>>;
 
-/// A filter touches the claimed tree if its first level names it. Filters starting with a
-/// wildcard are general: the router never carries claimed traffic, so they cannot read it.
-fn is_claimed_filter(filter: &str, prefix: &str) -> bool {
-    let root = prefix.trim_end_matches('/');
-    filter.split('/').next() == Some(root)
-}
-
-type Acks = Option<FuturesOrdered<BoxFuture<'static, (u16, QoS, PublishOutcome)>>>;
-
-async fn next_ack(acks: &mut Acks) -> Option<(u16, QoS, PublishOutcome)> {
+async fn next_ack(acks: &mut Acks) -> Option<(u16, QoS, AckReason)> {
     match acks {
         Some(a) => a.next().await,
         None => None,
