@@ -379,8 +379,20 @@ where
         let mut shutdown = shared.shutdown.clone();
         let mut drained = Vec::new();
         loop {
-            // Decode and handle every whole packet already buffered.
+            // Decode and handle the whole packets already buffered, while the connection has
+            // room for more publishes in progress (the rest wait in the read buffer).
             loop {
+                let full = st.acks.as_ref().map_or(0, FuturesOrdered::len)
+                    >= shared.limits.max_pending_acks;
+                // A 5.0 QoS 1/2 publish is still decoded: past our receive maximum it gets
+                // DISCONNECT 0x93 rather than silence.
+                let qos_publish = self
+                    .rbuf
+                    .first()
+                    .is_some_and(|b| b >> 4 == 3 && b & 0x06 != 0);
+                if full && !(self.version == Version::V5 && qos_publish) {
+                    break;
+                }
                 match self
                     .version
                     .read(&mut self.rbuf, shared.limits.max_packet_size)

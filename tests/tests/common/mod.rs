@@ -2,6 +2,8 @@
 //! driven by real MQTT clients (rumqttc, 3.1.1 or 5.0, TCP or WebSocket).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
