@@ -7,10 +7,12 @@
 //! written once for both protocol versions. It owns no state but the version.
 //!
 //! Files: `mod.rs` the model, framing and dispatch; `v4.rs` and `v5.rs` the translations;
-//! `strict.rs` the checks on raw frames that rumqttc does not make.
+//! `strict.rs` the checks on raw frames that rumqttc does not make; `probe.rs` the entry points
+//! of the fuzz targets and of their corpus replay.
 
 use bytes::{Buf, Bytes, BytesMut};
 
+pub mod probe;
 mod strict;
 mod v4;
 mod v5;
