@@ -47,6 +47,9 @@ pub struct MqttConfig {
     pub max_queued_messages: usize,
     /// General-topic subscriptions per session.
     pub max_subscriptions: usize,
+    /// Keep persistent sessions and retained messages in `<data_dir>/general-state` across
+    /// restarts.
+    pub persistence: bool,
     pub shutdown_grace_secs: u64,
     /// New connections one IP address may open per second (0: unlimited); bursts of twice that.
     pub max_connects_per_ip_per_sec: u32,
@@ -98,6 +101,7 @@ impl Default for MqttConfig {
             session_expiry_secs: 24 * 3600,
             max_queued_messages: 1000,
             max_subscriptions: 1000,
+            persistence: true,
             shutdown_grace_secs: 10,
             max_connects_per_ip_per_sec: 100,
             tls: None,
@@ -226,6 +230,7 @@ impl Config {
             session_expiry: Duration::from_secs(m.session_expiry_secs),
             max_queued_messages: m.max_queued_messages,
             max_subscriptions: m.max_subscriptions,
+            state_file: m.persistence.then(|| self.data_dir.join("general-state")),
             connects_per_ip_per_sec: m.max_connects_per_ip_per_sec,
         }
     }

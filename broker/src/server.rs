@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -44,6 +45,9 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// General-topic subscriptions one session may hold (more get SUBACK 0x97 / 0x80).
     pub max_subscriptions: usize,
+    /// Where persistent sessions and retained messages are kept across restarts (None: memory
+    /// only).
+    pub state_file: Option<std::path::PathBuf>,
     /// New connections per second from one IP address (0: unlimited), bursts of twice that.
     pub connects_per_ip_per_sec: u32,
 }
@@ -144,6 +148,18 @@ impl Server {
             max_queued: limits.max_queued_messages,
             max_subscriptions: limits.max_subscriptions,
         });
+        if let Some(path) = &limits.state_file {
+            match std::fs::read(path) {
+                Ok(data) => {
+                    let (sessions, retained) = router
+                        .restore(&data)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    info!(sessions, retained, "general-topic state restored");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let shared = Arc::new(Shared {
@@ -203,6 +219,11 @@ impl Server {
             permits,
         } = self;
         let sweeper = tokio::spawn(sweep_sessions(shared.clone()));
+        let saver = shared
+            .limits
+            .state_file
+            .clone()
+            .map(|path| tokio::spawn(save_state_loop(shared.clone(), path)));
         let mut loops = vec![tokio::spawn(accept_loop(
             shared.clone(),
             mqtt,
@@ -239,6 +260,14 @@ impl Server {
                 open = shared.limits.max_connections - permits.available_permits(),
                 "connections still open after the shutdown grace period"
             ),
+        }
+        if let Some(saver) = saver {
+            saver.abort();
+        }
+        if let Some(path) = &shared.limits.state_file {
+            if let Err(e) = save_state(&shared, path) {
+                warn!(error = %e, "could not save the general-topic state");
+            }
         }
     }
 }
@@ -316,6 +345,39 @@ async fn serve_tls(
         Ok(Ok(io)) => crate::connection::serve(shared, io, peer).await,
         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// Writes the router's state to `path` atomically (beside it, then renamed).
+fn save_state(shared: &Shared, path: &std::path::Path) -> std::io::Result<()> {
+    let data = shared.router.snapshot();
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Rewrites the state file every two seconds when something in it changed.
+async fn save_state_loop(shared: Arc<Shared>, path: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut saved = crate::router::changes();
+    loop {
+        tick.tick().await;
+        let now = crate::router::changes();
+        if now == saved {
+            continue;
+        }
+        saved = now;
+        let (s, p) = (shared.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || save_state(&s, &p)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not save the general-topic state"),
+            Err(_) => {}
+        }
     }
 }
 

@@ -59,6 +59,7 @@ fn limits(max_pending_acks: usize) -> Limits {
         session_expiry: Duration::from_secs(60),
         max_queued_messages: 16,
         max_subscriptions: 16,
+        state_file: None,
         connects_per_ip_per_sec: 0,
     }
 }

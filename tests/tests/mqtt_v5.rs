@@ -10,134 +10,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::raw::open_acl_broker;
+use common::v5client::{connect, persistent, topic, C};
 use common::{Broker, WAIT};
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Filter, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
-    RetainForwardRule, SubscribeProperties,
+    Filter, LastWill, LastWillProperties, PublishProperties, RetainForwardRule,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
-
-/// A 5.0 client and everything it receives.
-struct C {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Packet>,
-    connack: ConnAck,
-    task: JoinHandle<()>,
-}
-
-async fn connect(b: &Broker, id: &str, tune: impl FnOnce(&mut MqttOptions)) -> C {
-    let mut o = MqttOptions::new(id, "127.0.0.1", b.mqtt_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    tune(&mut o);
-    let (client, mut el) = AsyncClient::new(o, 1000);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        while let Ok(ev) = el.poll().await {
-            if let Event::Incoming(p) = ev {
-                if tx.send(p).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    let connack = loop {
-        match timeout(WAIT, rx.recv()).await.expect("CONNACK in time") {
-            Some(Packet::ConnAck(c)) => break c,
-            Some(_) => continue,
-            None => panic!("{id}: connection failed"),
-        }
-    };
-    C {
-        client,
-        rx,
-        connack,
-        task,
-    }
-}
-
-impl C {
-    async fn next(&mut self) -> Packet {
-        timeout(WAIT, self.rx.recv())
-            .await
-            .expect("a packet in time")
-            .expect("connection open")
-    }
-
-    async fn publish(&mut self) -> Publish {
-        loop {
-            if let Packet::Publish(p) = self.next().await {
-                return p;
-            }
-        }
-    }
-
-    /// The SUBACK's reason codes, as text.
-    async fn suback(&mut self) -> String {
-        loop {
-            if let Packet::SubAck(s) = self.next().await {
-                return format!("{:?}", s.return_codes);
-            }
-        }
-    }
-
-    async fn sub(&mut self, filter: &str, qos: QoS) -> String {
-        self.client.subscribe(filter, qos).await.unwrap();
-        self.suback().await
-    }
-
-    async fn sub_with(&mut self, f: Filter, id: Option<usize>) -> String {
-        let props = SubscribeProperties {
-            id,
-            user_properties: Vec::new(),
-        };
-        self.client
-            .subscribe_many_with_properties(vec![f], props)
-            .await
-            .unwrap();
-        self.suback().await
-    }
-
-    /// Asserts that no PUBLISH arrives within `d`.
-    async fn no_publish(&mut self, d: Duration) {
-        let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            if let Packet::Publish(p) = p {
-                panic!("unexpected publish {p:?}");
-            }
-        }
-    }
-
-    async fn send(&self, topic: &str, qos: QoS, retain: bool, payload: &str) {
-        self.client
-            .publish(topic, qos, retain, payload.as_bytes().to_vec())
-            .await
-            .unwrap();
-    }
-
-    /// Drops the socket without DISCONNECT, as a crashed device would.
-    fn crash(self) {
-        self.task.abort();
-    }
-
-    async fn disconnect(self) {
-        let _ = self.client.disconnect().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        self.task.abort();
-    }
-}
-
-fn topic(p: &Publish) -> String {
-    String::from_utf8_lossy(&p.topic).into_owned()
-}
-
-fn persistent(o: &mut MqttOptions) {
-    o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(600));
-}
 
 #[tokio::test]
 async fn publish_properties_reach_the_subscriber_unchanged_mqtt_3_3_2_17_and_3_3_2_20() {

@@ -276,6 +276,9 @@ where
             // A delayed will needs a session to be cancelled by the client's return.
             general = Some(shared.router.session(&session));
         }
+        if let Some(g) = &general {
+            g.set_expiry(expiry);
+        }
         let ack = ConnAck {
             session_present: restored.is_some() || general.is_some(),
             code: ConnAckCode::Success,
@@ -552,6 +555,9 @@ where
                     let max = u32::try_from(self.shared.limits.session_expiry.as_secs())
                         .unwrap_or(u32::MAX);
                     st.expiry = e.min(max);
+                    if let Some(g) = &st.general {
+                        g.set_expiry(st.expiry);
+                    }
                 }
                 return Some(End::Clean { with_will });
             }

@@ -120,6 +120,7 @@ where
             Some(rs) => rs.clone(),
             None => {
                 let rs = shared.router.session(&st.session);
+                rs.set_expiry(st.expiry);
                 st.general = Some(rs.clone());
                 rs
             }

@@ -8,7 +8,7 @@
 //! ACL or of sockets: it hands [`Outbound`] messages to a live [`Session`]'s outbox.
 //!
 //! Files: `mod.rs` messages, sessions and the routing rules; `trie.rs` the subscription index;
-//! `retained.rs` the retained store.
+//! `retained.rs` the retained store; `persist.rs` the state file that outlives a restart.
 //!
 //! Locks: the trie (read for publish, write for (un)subscribe), then one session's state, then
 //! that session's outbox. Nothing takes the trie while holding a session's state.
@@ -25,12 +25,25 @@ use tracing::{debug, info};
 use crate::codec::{Properties, QoS, RetainHandling, SubOptions};
 use crate::session::{Delivery, Principal, Session};
 
+mod persist;
 mod retained;
 mod trie;
 
 pub(crate) use retained::topic_matches;
 pub(crate) use trie::split_share;
 use trie::{Sub, Trie};
+
+/// Bumped by every change worth persisting, so the state file is rewritten only when needed.
+static CHANGES: AtomicU64 = AtomicU64::new(0);
+
+fn changed() {
+    CHANGES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The change counter (see [`Router::snapshot`]).
+pub fn changes() -> u64 {
+    CHANGES.load(Ordering::Relaxed)
+}
 
 /// Deepest topic name or filter accepted, in levels: deeper ones are refused before they are
 /// stored or matched, so nothing ever walks 65,000 levels.
@@ -126,6 +139,7 @@ impl RSession {
         if out.qos == QoS::AtMostOnce {
             return;
         }
+        changed();
         if st.queue.len() >= max_queued {
             st.queue.pop_front();
             st.dropped += 1;
@@ -136,6 +150,12 @@ impl RSession {
             crate::metrics::OFFLINE_DROPPED.fetch_add(1, Ordering::Relaxed);
         }
         st.queue.push_back(out);
+    }
+
+    /// The session expiry the connection asked for (kept when the state is saved).
+    pub fn set_expiry(&self, secs: u32) {
+        self.state.lock().expiry = Duration::from_secs(u64::from(secs));
+        changed();
     }
 
     /// Times the session was resumed.
@@ -173,6 +193,7 @@ impl Router {
         let msg = Arc::new(msg);
         if msg.retain {
             self.retained.set(&msg);
+            changed();
         }
         // Per session: the best QoS over its matching subscriptions, their ids, and whether
         // any wants the RETAIN flag kept (MQTT-3.3.1-12/13, 3.3.4-2/3).
@@ -320,6 +341,7 @@ impl Router {
             st.subs.insert(filter.to_string(), (opts, id));
             existed
         };
+        changed();
         self.trie.write().insert(
             filter,
             Sub {
@@ -363,6 +385,7 @@ impl Router {
         let had = rs.state.lock().subs.remove(filter).is_some();
         if had {
             self.trie.write().remove(filter, rs.id);
+            changed();
         }
         had
     }
@@ -390,6 +413,7 @@ impl Router {
             None => return,
         }
         st.live = None;
+        changed();
         match expiry.filter(|e| !e.is_zero()) {
             Some(e) => {
                 st.expiry = e;
@@ -408,6 +432,7 @@ impl Router {
 
     /// Frees `rs`: its subscriptions leave the trie, its queue is dropped.
     pub fn discard(&self, rs: &Arc<RSession>) {
+        changed();
         let subs = {
             let mut st = rs.state.lock();
             st.gone = true;

@@ -41,6 +41,13 @@ impl Retained {
             .collect()
     }
 
+    /// Every unexpired retained message (for the state file).
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        let mut map = self.by_topic.lock();
+        map.retain(|_, m| !m.expired());
+        map.values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_topic.lock().len()
     }

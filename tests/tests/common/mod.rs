@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod v5client;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -163,6 +164,12 @@ impl Broker {
     /// Starts again on the same data dir (new ports).
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM (a clean shutdown), then starts again on the same data dir (new ports).
+    pub fn restart_gracefully(&mut self) {
+        assert!(self.terminate(), "mqim did not exit cleanly on SIGTERM");
         self.spawn();
     }
 }
