@@ -19,7 +19,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::time::timeout;
 
 #[tokio::test]
-async fn publish_properties_reach_the_subscriber_unchanged_mqtt_3_3_2_17_and_3_3_2_20() {
+async fn publish_properties_reach_the_subscriber_unchanged_mqtt_3_3_2_3() {
     let (b, _c) = open_acl_broker("");
     let mut sub = connect(&b, "sub", |_| {}).await;
     assert_eq!(
@@ -85,7 +85,7 @@ async fn an_empty_qos1_publish_is_delivered_at_qos1() {
 }
 
 #[tokio::test]
-async fn retained_messages_reach_a_new_subscriber_with_retain_1_mqtt_3_3_1_9() {
+async fn retained_messages_reach_a_new_5_0_subscriber_with_retain_1() {
     let (b, _c) = open_acl_broker("");
     let publ = connect(&b, "pub", |_| {}).await;
     publ.send("r/status", QoS::AtLeastOnce, true, "on").await;
