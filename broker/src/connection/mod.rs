@@ -352,7 +352,14 @@ where
             .close(&session, persistent.then(|| session.subscriptions()));
         let generation = state.general.as_ref().map(|g| g.generation());
         if let Some(rs) = state.general.take() {
-            let unacked = state.take_unacked();
+            // In flight first, then what was still waiting in the outbox (QoS 1/2 only).
+            let mut unacked = state.take_unacked();
+            let mut waiting = Vec::new();
+            session.drain(usize::MAX, &mut waiting);
+            unacked.extend(waiting.into_iter().filter_map(|d| match d {
+                crate::session::Delivery::General(o) if o.qos != QoS::AtMostOnce => Some(o),
+                _ => None,
+            }));
             let expiry = Duration::from_secs(u64::from(state.expiry));
             shared.router.detach(&rs, conn_id, Some(expiry), unacked);
             if publish_will {

@@ -391,7 +391,8 @@ impl Router {
     }
 
     /// The connection `conn_id` of `rs` ended. With an expiry the state stays (subscriptions
-    /// kept, QoS 1/2 queued, `unacked` re-sent first with DUP on resume); without, it is freed.
+    /// kept, QoS 1/2 queued, `unacked` re-sent first on resume, with DUP if it had been sent);
+    /// without, it is freed.
     pub fn detach(
         &self,
         rs: &Arc<RSession>,
@@ -405,7 +406,8 @@ impl Router {
             Some(l) => {
                 // Taken over: the new connection re-sends what this one had in flight.
                 for mut u in unacked {
-                    u.dup = true;
+                    // DUP only on what was sent before (it has a packet id).
+                    u.dup = u.pkid != 0;
                     l.push_resumed(Delivery::General(u));
                 }
                 return;
@@ -419,7 +421,7 @@ impl Router {
                 st.expiry = e;
                 st.offline_since = Some(Instant::now());
                 for mut u in unacked.into_iter().rev() {
-                    u.dup = true;
+                    u.dup = u.pkid != 0;
                     st.queue.push_front(u);
                 }
             }
