@@ -208,19 +208,27 @@ impl Router {
                 }
                 let qos = msg.qos.min(s.opts.qos);
                 let retain = msg.retain && s.opts.retain_as_published;
-                match targets.iter_mut().find(|t| t.0.id == s.session.id) {
-                    Some(t) => {
-                        t.1 = t.1.max(qos);
-                        t.2 |= retain;
-                        t.3.extend(s.id);
-                    }
-                    None => {
-                        targets.push((s.session.clone(), qos, retain, s.id.into_iter().collect()))
-                    }
-                }
+                targets.push((s.session.clone(), qos, retain, s.id.into_iter().collect()));
             },
             |g| groups.push(g),
         );
+        // Merge the matches of one session (sorted by session: O(n log n) for any fan-out).
+        if targets.len() > 1 {
+            targets.sort_by_key(|t| t.0.id);
+            let mut merged: Vec<(Arc<RSession>, QoS, bool, Vec<usize>)> =
+                Vec::with_capacity(targets.len());
+            for t in targets.drain(..) {
+                match merged.last_mut() {
+                    Some(m) if m.0.id == t.0.id => {
+                        m.1 = m.1.max(t.1);
+                        m.2 |= t.2;
+                        m.3.extend(t.3);
+                    }
+                    _ => merged.push(t),
+                }
+            }
+            targets = merged;
+        }
         for g in groups {
             // One member per group gets it: the next live one, else the next one (an offline
             // persistent member queues it).
