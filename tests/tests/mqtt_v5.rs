@@ -485,3 +485,31 @@ async fn a_3_1_1_persistent_session_gets_its_qos1_messages_on_return() {
     .expect("queued message");
     assert_eq!(&p.payload[..], b"while away");
 }
+
+#[tokio::test]
+async fn subscriptions_past_max_subscriptions_get_quota_exceeded_and_ending_frees_them() {
+    let (b, _c) = open_acl_broker("[mqtt]\nmax_subscriptions = 2\n");
+    let mut dev = connect(&b, "dev", |_| {}).await;
+    assert_eq!(
+        dev.sub("a/1", QoS::AtMostOnce).await,
+        "[Success(AtMostOnce)]"
+    );
+    assert_eq!(
+        dev.sub("a/2", QoS::AtMostOnce).await,
+        "[Success(AtMostOnce)]"
+    );
+    // Re-subscribing to a filter it holds is not a new subscription.
+    assert_eq!(
+        dev.sub("a/2", QoS::AtLeastOnce).await,
+        "[Success(AtLeastOnce)]"
+    );
+    assert_eq!(dev.sub("a/3", QoS::AtMostOnce).await, "[QuotaExceeded]");
+    dev.disconnect().await;
+    // The session ended with its connection: a new one starts from nothing.
+    let mut again = connect(&b, "dev", |_| {}).await;
+    assert!(!again.connack.session_present);
+    assert_eq!(
+        again.sub("a/3", QoS::AtMostOnce).await,
+        "[Success(AtMostOnce)]"
+    );
+}
