@@ -112,7 +112,9 @@ pub async fn serve<S: SplitIo>(shared: Arc<Shared>, mut stream: S, peer: SocketA
 struct Accepted {
     session: Arc<Session>,
     state: State,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and those that do should not make every
+    /// connection's task larger.
+    will: Option<Box<Will>>,
     keep_alive: u16,
     restored: Option<Vec<(String, QoS)>>,
 }
@@ -293,7 +295,7 @@ where
             .ok();
         let keep_alive = connect.keep_alive;
         // Only the will is needed from here on; the credentials are not kept for the session.
-        let will = connect.will.take();
+        let will = connect.will.take().map(Box::new);
         drop(connect.password.take());
         let state = State {
             session: session.clone(),
@@ -366,7 +368,7 @@ where
                 if let Some(will) = will {
                     self.publish_will(
                         &session,
-                        will,
+                        *will,
                         Some((rs, generation.unwrap_or(0))),
                         state.expiry,
                     );
@@ -374,7 +376,7 @@ where
             }
         } else if publish_will {
             if let Some(will) = will {
-                self.publish_will(&session, will, None, state.expiry);
+                self.publish_will(&session, *will, None, state.expiry);
             }
         }
         shared.ext.on_session_close(&session);
@@ -610,9 +612,11 @@ struct State {
     /// idle connection does not pay for it.
     acks: Acks,
     /// QoS 1/2 publishes received and not yet acknowledged (5.0 receive maximum).
-    qos_pending: usize,
-    /// 5.0 topic aliases the client set.
-    aliases: Option<HashMap<u16, String>>,
+    qos_pending: u32,
+    /// 5.0 topic aliases the client set (boxed: most clients set none, and an unboxed map
+    /// would add its 48 bytes to every connection's task).
+    #[allow(clippy::box_collection)]
+    aliases: Option<Box<HashMap<u16, String>>>,
     /// Session expiry interval in seconds (0: the session ends with the connection).
     expiry: u32,
 }

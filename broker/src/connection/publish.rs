@@ -97,7 +97,7 @@ where
         }
         if p.qos != QoS::AtMostOnce
             && self.version == Version::V5
-            && st.qos_pending >= usize::from(self.shared.receive_max())
+            && st.qos_pending >= u32::from(self.shared.receive_max())
         {
             // Our receive maximum (MQTT-3.3.4-9): a 5.0 client that exceeds it is closed.
             // 3.1.1 clients are simply not read from past the limit (back-pressure, below).
