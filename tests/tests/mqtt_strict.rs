@@ -275,3 +275,33 @@ async fn a_filter_of_65000_levels_is_refused_and_the_connection_lives() {
     r.send(&[0xc0, 0x00]).await;
     assert_eq!(r.expect().await.0, 0xd0, "PINGRESP");
 }
+
+#[tokio::test]
+async fn a_5_0_client_past_our_receive_maximum_gets_disconnect_0x93_mqtt_3_3_4_9() {
+    let (b, _c) = open_acl_broker("[mqtt]\nmax_pending_acks = 2\n");
+    let (mut r, ack) = Raw::connect(&b, &v5("dev")).await;
+    // CONNACK announces Receive Maximum 2 (property 0x21).
+    assert!(
+        connack_props(&ack).contains(&(0x21, vec![0, 2])),
+        "{ack:02x?}"
+    );
+    // Three QoS 1 publishes in one write: the third exceeds it.
+    let mut three = Vec::new();
+    for id in 1..=3u16 {
+        three.extend(publish_packet("rm/t", 1, id, Some(&[]), b"x"));
+    }
+    r.send(&three).await;
+    let got = r.until_closed().await;
+    assert_eq!(got.last(), Some(&(0xe0, vec![0x93])), "{got:02x?}");
+}
+
+#[tokio::test]
+async fn a_packet_announced_over_the_maximum_size_closes_at_once_without_waiting_for_it() {
+    for (opts, answer) in [(v4("dev"), vec![]), (v5("dev"), vec![(0xe0, vec![0x95])])] {
+        let (b, _c) = open_acl_broker("");
+        let (mut r, _) = Raw::connect(&b, &opts).await;
+        // A PUBLISH of 256 MB, of which nothing more is sent.
+        r.send(&[0x30, 0xff, 0xff, 0xff, 0x7f]).await;
+        assert_eq!(r.until_closed().await, answer);
+    }
+}
