@@ -6,6 +6,12 @@
 //! principal may read; `users/%u/#` therefore allows `users/alice/+` for alice but not `users/#`.
 //! A placeholder whose value contains `+`, `#` or `/` disables the rule for that client, so an
 //! identity can never widen a pattern.
+//!
+//! Rules with `deny = true` take away what allow rules grant. Order of evaluation: deny rules
+//! first, whatever their place in the file, then allow rules; a topic is readable (writable) when
+//! no applicable deny rule matches it and an allow rule does. A subscription whose filter lies
+//! wholly inside a denied pattern is refused (SUBACK 0x80 / 0x87); one that only overlaps it
+//! (`#` next to a denied `$SYS/#`) is granted, and the denied topics are never delivered to it.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,38 +33,65 @@ pub struct Rule {
     pub user: String,
     pub topic: String,
     pub access: Access,
+    /// A deny rule: takes `access` away instead of granting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deny: bool,
 }
 
 /// The rule set.
 #[derive(Clone, Debug, Default)]
 pub struct Acl {
     rules: Vec<Rule>,
+    has_deny: bool,
 }
 
 impl Acl {
     pub fn new(rules: Vec<Rule>) -> Self {
-        Acl { rules }
+        let has_deny = rules.iter().any(|r| r.deny);
+        Acl { rules, has_deny }
     }
 
     /// May `who` subscribe to `filter`?
     pub fn can_subscribe(&self, who: &Principal, filter: &str) -> bool {
         let filter = strip_share(filter);
-        self.patterns(who, Access::Read)
+        !self
+            .patterns(who, Access::Read, true)
             .any(|p| filter_within(filter, &p))
+            && self
+                .patterns(who, Access::Read, false)
+                .any(|p| filter_within(filter, &p))
     }
 
     /// May `who` publish to `topic`?
     pub fn can_publish(&self, who: &Principal, topic: &str) -> bool {
-        self.patterns(who, Access::Write)
-            .any(|p| rumqttc::mqttbytes::matches(topic, &p))
+        self.allowed(who, topic, Access::Write)
+    }
+
+    /// May `who` receive a message on `topic` (checked per delivery when there are deny rules)?
+    pub fn can_read(&self, who: &Principal, topic: &str) -> bool {
+        self.allowed(who, topic, Access::Read)
+    }
+
+    /// True if any rule denies: only then is each delivery checked.
+    pub fn has_deny(&self) -> bool {
+        self.has_deny
+    }
+
+    fn allowed(&self, who: &Principal, topic: &str, want: Access) -> bool {
+        let m = |p: String| crate::router::topic_matches(topic, &p);
+        !self.patterns(who, want, true).any(m) && self.patterns(who, want, false).any(m)
     }
 
     fn patterns<'a>(
         &'a self,
         who: &'a Principal,
         want: Access,
+        deny: bool,
     ) -> impl Iterator<Item = String> + 'a {
         self.rules.iter().filter_map(move |r| {
+            if r.deny != deny {
+                return None;
+            }
             let grants = r.access == Access::ReadWrite || r.access == want;
             let applies = match (&who.user, r.user.as_str()) {
                 (None, "anonymous") => true,
@@ -135,11 +168,13 @@ mod tests {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
                 access: Access::ReadWrite,
+                deny: false,
             },
             Rule {
                 user: "anonymous".into(),
                 topic: "public/#".into(),
                 access: Access::Read,
+                deny: false,
             },
         ])
     }
@@ -183,5 +218,29 @@ mod tests {
     fn shared_subscriptions_are_authorized_on_their_filter() {
         assert!(acl().can_subscribe(&alice(), "$share/g/users/alice/jobs"));
         assert!(!acl().can_subscribe(&alice(), "$share/g/users/bob/jobs"));
+    }
+
+    #[test]
+    fn deny_rules_win_over_allow_rules_whatever_their_order() {
+        let rule = |topic: &str, deny: bool| Rule {
+            user: "*".into(),
+            topic: topic.into(),
+            access: Access::ReadWrite,
+            deny,
+        };
+        let a = Acl::new(vec![
+            rule("#", false),
+            rule("test/nosubscribe", true),
+            rule("$SYS/#", true),
+        ]);
+        assert!(!a.can_subscribe(&alice(), "test/nosubscribe"));
+        assert!(!a.can_subscribe(&alice(), "$SYS/broker/x"));
+        assert!(!a.can_publish(&alice(), "test/nosubscribe"));
+        assert!(a.can_publish(&alice(), "test/other"));
+        // `#` overlaps the denied topics: granted, but they are not delivered to it.
+        assert!(a.can_subscribe(&alice(), "#"));
+        assert!(!a.can_read(&alice(), "test/nosubscribe"));
+        assert!(a.can_read(&alice(), "test/x"));
+        assert!(a.has_deny());
     }
 }

@@ -46,6 +46,13 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     pub connect_timeout_secs: u64,
     pub session_expiry_secs: u64,
+    /// QoS 1/2 messages queued per offline persistent session (oldest dropped past it).
+    pub max_queued_messages: usize,
+    /// General-topic subscriptions per session.
+    pub max_subscriptions: usize,
+    /// Keep persistent sessions and retained messages in `<data_dir>/general-state` across
+    /// restarts.
+    pub persistence: bool,
     pub shutdown_grace_secs: u64,
     /// New connections one IP address may open per second (0: unlimited); bursts of twice that.
     pub max_connects_per_ip_per_sec: u32,
@@ -77,6 +84,7 @@ impl Default for Config {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
                 access: Access::ReadWrite,
+                deny: false,
             }],
         }
     }
@@ -95,6 +103,9 @@ impl Default for MqttConfig {
             allow_anonymous: false,
             connect_timeout_secs: 10,
             session_expiry_secs: 24 * 3600,
+            max_queued_messages: 1000,
+            max_subscriptions: 1000,
+            persistence: true,
             shutdown_grace_secs: 10,
             max_connects_per_ip_per_sec: 100,
             tls: None,
@@ -222,6 +233,9 @@ impl Config {
             connect_timeout: Duration::from_secs(m.connect_timeout_secs),
             max_connections: m.max_connections,
             session_expiry: Duration::from_secs(m.session_expiry_secs),
+            max_queued_messages: m.max_queued_messages,
+            max_subscriptions: m.max_subscriptions,
+            state_file: m.persistence.then(|| self.data_dir.join("general-state")),
             connects_per_ip_per_sec: m.max_connects_per_ip_per_sec,
         }
     }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -19,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::acl::Acl;
 use crate::codec::{DisconnectReason, QoS};
 use crate::extension::Extension;
-use crate::router::{GeneralRouter, RouterSettings};
+use crate::router::{Router, RouterSettings};
 use crate::session::{Principal, Session};
 
 /// Protocol and resource limits.
@@ -37,8 +38,16 @@ pub struct Limits {
     pub allow_anonymous: bool,
     pub connect_timeout: Duration,
     pub max_connections: usize,
-    /// How long a disconnected persistent session keeps its subscriptions.
+    /// How long a disconnected persistent session keeps its subscriptions (the most a 5.0
+    /// client may ask for).
     pub session_expiry: Duration,
+    /// QoS 1/2 messages queued for an offline persistent session; past it the oldest is dropped.
+    pub max_queued_messages: usize,
+    /// General-topic subscriptions one session may hold (more get SUBACK 0x97 / 0x80).
+    pub max_subscriptions: usize,
+    /// Where persistent sessions and retained messages are kept across restarts (None: memory
+    /// only).
+    pub state_file: Option<std::path::PathBuf>,
     /// New connections per second from one IP address (0: unlimited), bursts of twice that.
     pub connects_per_ip_per_sec: u32,
 }
@@ -56,18 +65,31 @@ pub struct Listeners {
 pub struct Shared {
     pub(crate) ext: Arc<dyn Extension>,
     pub(crate) acl: Acl,
-    pub(crate) router: GeneralRouter,
+    pub(crate) router: Router,
     pub(crate) sessions: SessionTable,
     pub(crate) limits: Limits,
     pub(crate) shutdown: watch::Receiver<bool>,
     shutdown_reason: AtomicU8,
     conn_counter: AtomicU64,
+    /// Process start, seconds since the epoch (for assigned client ids).
+    started: u64,
     connect_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
 
 impl Shared {
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A client id for a client that sent none: unique in this process and, with the start
+    /// time in it, unlikely to meet one of an earlier run.
+    pub(crate) fn assign_client_id(&self, conn_id: u64) -> String {
+        format!("mqim-{:x}-{conn_id}", self.started)
+    }
+
+    /// The receive maximum announced to 5.0 clients: the connection's pending-publish limit.
+    pub(crate) fn receive_max(&self) -> u16 {
+        u16::try_from(self.limits.max_pending_acks.max(1)).unwrap_or(u16::MAX)
     }
 
     pub(crate) fn shutdown_reason(&self) -> DisconnectReason {
@@ -122,10 +144,22 @@ impl Server {
             Some((addr, acceptor)) => Some((TcpListener::bind(addr).await?, acceptor.clone())),
             None => None,
         };
-        let router = GeneralRouter::start(RouterSettings {
-            max_links: limits.max_connections,
-            max_packet_size: limits.max_packet_size,
-        })?;
+        let router = Router::new(RouterSettings {
+            max_queued: limits.max_queued_messages,
+            max_subscriptions: limits.max_subscriptions,
+        });
+        if let Some(path) = &limits.state_file {
+            match std::fs::read(path) {
+                Ok(data) => {
+                    let (sessions, retained) = router
+                        .restore(&data)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    info!(sessions, retained, "general-topic state restored");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        }
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let shared = Arc::new(Shared {
@@ -136,6 +170,9 @@ impl Server {
             shutdown: shutdown_rx,
             shutdown_reason: AtomicU8::new(0),
             conn_counter: AtomicU64::new(0),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             connect_limit: std::num::NonZeroU32::new(limits.connects_per_ip_per_sec).map(|rate| {
                 // Bursts of twice the rate.
                 let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
@@ -182,6 +219,11 @@ impl Server {
             permits,
         } = self;
         let sweeper = tokio::spawn(sweep_sessions(shared.clone()));
+        let saver = shared
+            .limits
+            .state_file
+            .clone()
+            .map(|path| tokio::spawn(save_state_loop(shared.clone(), path)));
         let mut loops = vec![tokio::spawn(accept_loop(
             shared.clone(),
             mqtt,
@@ -218,6 +260,14 @@ impl Server {
                 open = shared.limits.max_connections - permits.available_permits(),
                 "connections still open after the shutdown grace period"
             ),
+        }
+        if let Some(saver) = saver {
+            saver.abort();
+        }
+        if let Some(path) = &shared.limits.state_file {
+            if let Err(e) = save_state(&shared, path) {
+                warn!(error = %e, "could not save the general-topic state");
+            }
         }
     }
 }
@@ -298,15 +348,65 @@ async fn serve_tls(
     }
 }
 
-/// Drops persistent sessions whose client did not come back in time.
-async fn sweep_sessions(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+/// Writes the router's state to `path` atomically (beside it, then renamed).
+fn save_state(shared: &Shared, path: &std::path::Path) -> std::io::Result<()> {
+    let data = shared.router.snapshot();
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Rewrites the state file every two seconds when something in it changed.
+async fn save_state_loop(shared: Arc<Shared>, path: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut saved = crate::router::changes();
     loop {
         tick.tick().await;
+        let now = crate::router::changes();
+        if now == saved {
+            continue;
+        }
+        saved = now;
+        let (s, p) = (shared.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || save_state(&s, &p)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not save the general-topic state"),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Drops persistent sessions whose client did not come back in time, and logs the abuse
+/// counters when they changed (each event is logged once where it happens, then counted).
+async fn sweep_sessions(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = crate::metrics::snapshot();
+    for n in 0u64.. {
+        tick.tick().await;
+        // 5.0 session expiry intervals are in seconds: checked every second.
+        shared.router.expire();
+        if n % 60 != 0 {
+            continue;
+        }
         shared.sessions.expire(shared.limits.session_expiry);
         if let Some(limit) = &shared.connect_limit {
             limit.retain_recent();
             limit.shrink_to_fit();
+        }
+        let now = crate::metrics::snapshot();
+        if now != last {
+            info!(
+                outbox_overflows = now.0,
+                offline_dropped = now.1,
+                protocol_errors = now.2,
+                "counters"
+            );
+            last = now;
         }
     }
 }

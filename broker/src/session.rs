@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::codec::{DisconnectReason, QoS, Version};
+use crate::router::Outbound;
 
 /// What the server hands a connection to send.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub enum Delivery {
         qos: QoS,
         retain: bool,
     },
+    /// A general-topic message from the router.
+    General(Box<Outbound>),
     /// Send DISCONNECT (5.0) with this reason and close.
     Close(DisconnectReason),
 }
@@ -43,11 +46,10 @@ pub struct Session {
     pub principal: Principal,
     pub version: Version,
     claimed: Mutex<Vec<(String, QoS)>>,
-    /// General-topic subscriptions with their granted QoS (read by the router forwarder).
-    pub(crate) general: Mutex<Vec<(String, QoS)>>,
     queue: Mutex<VecDeque<Delivery>>,
     notify: Notify,
     closed: AtomicBool,
+    overflowed: AtomicBool,
     limit: usize,
 }
 
@@ -58,10 +60,10 @@ impl Session {
             principal,
             version,
             claimed: Mutex::new(Vec::new()),
-            general: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
             closed: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
             limit,
         }
     }
@@ -116,15 +118,25 @@ impl Session {
             let mut q = self.queue.lock();
             if q.len() >= self.limit {
                 drop(q);
-                tracing::warn!(conn = self.conn_id, client_id = %self.principal.client_id,
-                    "outbox full: disconnecting a client that does not read");
-                self.close(DisconnectReason::QuotaExceeded);
+                // Logged once per connection (the state change); later overflows are counted.
+                if !self.overflowed.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(conn = self.conn_id, client_id = %self.principal.client_id,
+                        "outbox full: disconnecting a client that does not read");
+                    self.close(DisconnectReason::QuotaExceeded);
+                }
+                crate::metrics::OUTBOX_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
             q.push_back(d);
         }
         self.notify.notify_one();
         true
+    }
+
+    /// Queues what a resumed session had pending (bounded by the router's offline queue and
+    /// the in-flight window, not by the outbox limit).
+    pub(crate) fn push_resumed(&self, d: Delivery) {
+        self.push_unbounded(d);
     }
 
     fn push_unbounded(&self, d: Delivery) {
@@ -143,20 +155,6 @@ impl Session {
         }
     }
 
-    pub(crate) fn add_general(&self, filter: String, qos: QoS) {
-        let mut g = self.general.lock();
-        g.retain(|(f, _)| *f != filter);
-        g.reserve_exact(1);
-        g.push((filter, qos));
-    }
-
-    pub(crate) fn remove_general(&self, filter: &str) -> bool {
-        let mut g = self.general.lock();
-        let before = g.len();
-        g.retain(|(f, _)| f != filter);
-        g.len() != before
-    }
-
     pub(crate) fn remove_claimed(&self, topic: &str) -> bool {
         let mut c = self.claimed.lock();
         let before = c.len();
@@ -164,11 +162,10 @@ impl Session {
         c.len() != before
     }
 
-    /// Every subscription (claimed and general), to carry over to a resumed session.
+    /// The claimed-tree subscriptions, to carry over to a resumed session (the router keeps
+    /// the general ones).
     pub(crate) fn subscriptions(&self) -> Vec<(String, QoS)> {
-        let mut all = self.claimed.lock().clone();
-        all.extend(self.general.lock().iter().cloned());
-        all
+        self.claimed.lock().clone()
     }
 
     /// Takes up to `max` queued deliveries.

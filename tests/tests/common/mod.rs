@@ -2,6 +2,9 @@
 //! driven by real MQTT clients (rumqttc, 3.1.1 or 5.0, TCP or WebSocket).
 #![allow(dead_code)]
 
+pub mod raw;
+pub mod v5client;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -161,6 +164,12 @@ impl Broker {
     /// Starts again on the same data dir (new ports).
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM (a clean shutdown), then starts again on the same data dir (new ports).
+    pub fn restart_gracefully(&mut self) {
+        assert!(self.terminate(), "mqim did not exit cleanly on SIGTERM");
         self.spawn();
     }
 }
