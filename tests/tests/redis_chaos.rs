@@ -10,19 +10,12 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::{full_stream, msg_id, seq, Broker, Device};
+use common::{call_until, full_stream, msg_id, seq, Broker, Device};
 use mqim_im_plugin::testing::RedisServer;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{json, Value};
 
 const USERS: [&str; 4] = ["ann", "ben", "cat", "dan"];
-
-/// A reply, or `None` when the broker went away first.
-async fn call(d: &mut Device, op: Value) -> Option<Value> {
-    tokio::time::timeout(Duration::from_secs(10), d.call(op))
-        .await
-        .ok()
-}
 
 async fn connect_all(broker: &Broker) -> Vec<Device> {
     let mut devices = Vec::new();
@@ -32,41 +25,14 @@ async fn connect_all(broker: &Broker) -> Vec<Device> {
     devices
 }
 
-/// Sends until `sent` comes back; only UNAVAILABLE may come on the way.
 async fn send_until_acked(d: &mut Device, to: &str, cmid: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let op = json!({"send": {"to": format!("u:{to}"), "clientMsgId": cmid, "text": cmid}});
-        if let Some(r) = call(d, op).await {
-            if let Some(sent) = r.get("sent") {
-                return sent.clone();
-            }
-            assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{cmid} was never acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let op = json!({"send": {"to": format!("u:{to}"), "clientMsgId": cmid, "text": cmid}});
+    call_until(d, op, "sent").await
 }
 
 async fn read_until_done(d: &mut Device, conversation: &str, up_to: u64) {
-    let started = Instant::now();
-    loop {
-        let op = json!({"read": {"conversation": conversation, "msgId": up_to.to_string()}});
-        if let Some(r) = call(d, op).await {
-            if r.get("read").is_some() {
-                return;
-            }
-            assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "read never done"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let op = json!({"read": {"conversation": conversation, "msgId": up_to.to_string()}});
+    call_until(d, op, "read").await;
 }
 
 #[tokio::test]
@@ -203,10 +169,8 @@ async fn random_redis_and_broker_failures_lose_no_acknowledged_message() {
                 );
             }
         }
-        let r = call(d, json!({"conversations": {"limit": 100}}))
-            .await
-            .expect("conversations");
-        let got: BTreeMap<String, u64> = r["conversations"]["conversations"]
+        let r = call_until(d, json!({"conversations": {"limit": 100}}), "conversations").await;
+        let got: BTreeMap<String, u64> = r["conversations"]
             .as_array()
             .into_iter()
             .flatten()

@@ -11,7 +11,7 @@ use std::io::Read as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{full_stream, mqim_bin, msg_id, seq, Broker, Device};
+use common::{call_until, full_stream, mqim_bin, msg_id, seq, Broker, Device};
 use mqim_im_plugin::testing::RedisServer;
 use serde_json::json;
 
@@ -24,21 +24,8 @@ fn broker_on(redis: &RedisServer) -> Broker {
 
 /// Resends the same clientMsgId until `sent` comes back (the protocol's answer to UNAVAILABLE).
 async fn send_until_acked(d: &mut Device, to: &str, cmid: &str) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let r = d
-            .call(json!({"send": {"to": format!("u:{to}"), "clientMsgId": cmid, "text": cmid}}))
-            .await;
-        if let Some(sent) = r.get("sent") {
-            return sent.clone();
-        }
-        assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{cmid} was never acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let op = json!({"send": {"to": format!("u:{to}"), "clientMsgId": cmid, "text": cmid}});
+    call_until(d, op, "sent").await
 }
 
 /// The most common Redis failure in production: `save` on, Redis crashes and comes back from an

@@ -647,3 +647,23 @@ pub fn note_reply(
     }
     true
 }
+
+/// Calls `op` until the reply carries `want` (e.g. `sent`), as a client does after
+/// `UNAVAILABLE` or a reply lost with its broker; any other error fails the test, and so does
+/// no answer within 60 s. Returns what `want` holds.
+pub async fn call_until(d: &mut Device, op: Value, want: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(10), d.call(op.clone())).await {
+            if let Some(v) = r.get(want) {
+                return v.clone();
+            }
+            assert_eq!(r["error"]["code"], "UNAVAILABLE", "{r}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{op} never answered with {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
