@@ -259,10 +259,21 @@ impl RedisIndex {
         pipe: &redis::Pipeline,
         rid: &str,
     ) -> StoreResult<Option<Vec<Value>>> {
-        let mut values: Vec<Value> = pipe
+        let values: Vec<Value> = pipe
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.failed(e))?;
+        self.verified_answer(values, rid).await
+    }
+
+    /// The answers of a pipeline made by [`RedisIndex::verified_pipe`], after its first, if
+    /// they come from the Redis process whose run_id is `rid` (see
+    /// [`RedisIndex::query_verified`]).
+    async fn verified_answer(
+        &self,
+        mut values: Vec<Value>,
+        rid: &str,
+    ) -> StoreResult<Option<Vec<Value>>> {
         if values.is_empty() {
             return Err(StoreError::new("Redis answered nothing"));
         }
@@ -307,8 +318,7 @@ impl RedisIndex {
         dedup_horizon: i64,
     ) -> StoreResult<Option<Vec<Allocated>>> {
         let rid = self.run_id();
-        let mut pipe = Self::verified_pipe();
-        pipe.load_script(&self.alloc).load_script(&self.read);
+        let mut pipe = redis::pipe();
         for request in requests {
             match request {
                 AllocRequest::Message {
@@ -349,10 +359,32 @@ impl RedisIndex {
                 }
             }
         }
-        let Some(values) = self.query_verified(&pipe, &rid).await? else {
+        // The scripts are sent only when Redis does not know them (after a restart or SCRIPT
+        // FLUSH), not with every batch.
+        let run = |loading: bool| {
+            let mut full = Self::verified_pipe();
+            if loading {
+                full.load_script(&self.alloc).ignore();
+                full.load_script(&self.read).ignore();
+            }
+            for cmd in pipe.cmd_iter() {
+                full.add_command(cmd.clone());
+            }
+            full
+        };
+        let values: Vec<Value> = match run(false).query_async(&mut self.conn.clone()).await {
+            Ok(values) => values,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                run(true)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.failed(e))?
+            }
+            Err(e) => return Err(self.failed(e)),
+        };
+        let Some(answers) = self.verified_answer(values, &rid).await? else {
             return Ok(None);
         };
-        let answers = values.get(2..).unwrap_or_default();
         if answers.len() != requests.len() {
             return Err(StoreError::new(
                 "Redis answered a different number of calls",
@@ -360,7 +392,7 @@ impl RedisIndex {
         }
         requests
             .iter()
-            .zip(answers)
+            .zip(&answers)
             .map(|(request, value)| parse_allocated(request, value))
             .collect::<StoreResult<Vec<_>>>()
             .map(Some)
@@ -396,9 +428,22 @@ impl RedisIndex {
             .arg(self.dedup_ttl_secs)
             .arg(&peer_conversation)
             .arg(padded(sent.msg_id));
+        // Per message, so the script is sent only when Redis does not know it (after a restart
+        // or SCRIPT FLUSH), not every time.
         let mut pipe = Self::verified_pipe();
-        pipe.load_script(&self.apply).ignore().invoke_script(&call);
-        let Some(values) = self.query_verified(&pipe, &rid).await? else {
+        pipe.invoke_script(&call);
+        let values: Vec<Value> = match pipe.query_async(&mut self.conn.clone()).await {
+            Ok(values) => values,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut pipe = Self::verified_pipe();
+                pipe.load_script(&self.apply).ignore().invoke_script(&call);
+                pipe.query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.failed(e))?
+            }
+            Err(e) => return Err(self.failed(e)),
+        };
+        let Some(values) = self.verified_answer(values, &rid).await? else {
             return Ok(Some(from.to_string()));
         };
         let items = array(values.first().unwrap_or(&Value::Nil))?;

@@ -541,3 +541,23 @@ async fn a_resend_the_cache_forgot_is_caught_by_the_log() {
         "{next:?}"
     );
 }
+
+/// Scripts are sent only when Redis does not know them: after SCRIPT FLUSH (or a restart) the
+/// next allocation and index update load them again and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_on_after_redis_forgets_its_scripts() {
+    let f = fixture().await;
+    send(&f.store, msg("alice", "bob", "a", 10)).await.unwrap();
+    assert_eq!(f.redis.command(&["SCRIPT", "FLUSH"]), "+OK");
+    let second = send(&f.store, msg("alice", "bob", "b", 11)).await.unwrap();
+    assert!(
+        matches!(second, SendOutcome::Fresh(ref a) if a.sent.seq == 2),
+        "{second:?}"
+    );
+    assert_eq!(f.redis.command(&["SCRIPT", "FLUSH"]), "+OK");
+    let read = f.store.mark_read("bob", "u:alice", 11).await.unwrap();
+    assert_eq!(read.unread, 0);
+    assert!(read.receipts.is_some());
+    let page = f.store.conversations("bob", 10).await.unwrap();
+    assert_eq!(page.conversations[0].unread, 0);
+}
