@@ -1,0 +1,189 @@
+//! The log's CQL: the keyspace and tables it creates at start-up, the schema version check,
+//! and the prepared statements.
+
+use super::*;
+
+impl Statements {
+    pub(super) async fn prepare(session: &Session, ks: &str) -> StoreResult<Statements> {
+        let p = |cql: String| prepare(session, cql);
+        Ok(Statements {
+            claim_event: p(format!(
+                "INSERT INTO {ks}.events (owner, bucket, seq, event) VALUES (?, ?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            replace_event: p(format!(
+                "UPDATE {ks}.events SET event = ? WHERE owner = ? AND bucket = ? AND seq = ? \
+                 IF event = ?"
+            ))
+            .await?,
+            read_pointer: p(format!(
+                "SELECT msg_id FROM {ks}.read_pointers WHERE owner = ? AND conversation = ?"
+            ))
+            .await?,
+            create_read_pointer: p(format!(
+                "INSERT INTO {ks}.read_pointers (owner, conversation, msg_id) VALUES (?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            raise_read_pointer: p(format!(
+                "UPDATE {ks}.read_pointers SET msg_id = ? WHERE owner = ? AND conversation = ? \
+                 IF msg_id < ?"
+            ))
+            .await?,
+            insert_event_bucket: p(format!(
+                "INSERT INTO {ks}.event_buckets (owner, bucket) VALUES (?, ?)"
+            ))
+            .await?,
+            event_buckets_from: p(format!(
+                "SELECT bucket FROM {ks}.event_buckets WHERE owner = ? AND bucket >= ? \
+                 ORDER BY bucket ASC LIMIT ?"
+            ))
+            .await?,
+            event_buckets_down: p(format!(
+                "SELECT bucket FROM {ks}.event_buckets WHERE owner = ? AND bucket <= ? \
+                 ORDER BY bucket DESC LIMIT ?"
+            ))
+            .await?,
+            events_after: p(format!(
+                "SELECT seq, event FROM {ks}.events WHERE owner = ? AND bucket = ? AND seq > ? \
+                 ORDER BY seq ASC LIMIT ?"
+            ))
+            .await?,
+            event_at: p(format!(
+                "SELECT event FROM {ks}.events WHERE owner = ? AND bucket = ? AND seq = ?"
+            ))
+            .await?,
+            last_seq: p(format!(
+                "SELECT seq FROM {ks}.events WHERE owner = ? AND bucket = ? \
+                 ORDER BY seq DESC LIMIT 1"
+            ))
+            .await?,
+            insert_history: p(format!(
+                "INSERT INTO {ks}.history (user_a, user_b, day, msg_id, message) \
+                 VALUES (?, ?, ?, ?, ?)"
+            ))
+            .await?,
+            insert_history_day: p(format!(
+                "INSERT INTO {ks}.history_days (user_a, user_b, day) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            history_days_down: p(format!(
+                "SELECT day FROM {ks}.history_days WHERE user_a = ? AND user_b = ? AND day <= ? \
+                 ORDER BY day DESC LIMIT ?"
+            ))
+            .await?,
+            history_page: p(format!(
+                "SELECT msg_id, message FROM {ks}.history WHERE user_a = ? AND user_b = ? \
+                 AND day = ? AND msg_id <= ? ORDER BY msg_id DESC LIMIT ?"
+            ))
+            .await?,
+            claim_dedup: p(format!(
+                "INSERT INTO {ks}.dedup (sender, client_msg_id, msg_id, seq, conversation, ts, \
+                 deadline_ms) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?"
+            ))
+            .await?,
+            take_over_dedup: p(format!(
+                "UPDATE {ks}.dedup USING TTL ? SET msg_id = ?, seq = ?, conversation = ?, \
+                 ts = ?, deadline_ms = ? WHERE sender = ? AND client_msg_id = ? IF msg_id = ?"
+            ))
+            .await?,
+            release_dedup: p(format!(
+                "DELETE FROM {ks}.dedup WHERE sender = ? AND client_msg_id = ? IF msg_id = ?"
+            ))
+            .await?,
+            raise_max_msg_id: p(format!(
+                "UPDATE {ks}.max_msg_id USING TIMESTAMP ? SET msg_id = ? WHERE slot = ?"
+            ))
+            .await?,
+            max_msg_ids: p(format!("SELECT msg_id FROM {ks}.max_msg_id")).await?,
+            raise_cursor: p(format!(
+                "UPDATE {ks}.cursors SET seq = ? WHERE owner = ? AND device = ? IF seq < ?"
+            ))
+            .await?,
+            create_cursor: p(format!(
+                "INSERT INTO {ks}.cursors (owner, device, seq) VALUES (?, ?, ?) IF NOT EXISTS"
+            ))
+            .await?,
+        })
+    }
+}
+
+pub(super) async fn prepare(session: &Session, cql: String) -> StoreResult<PreparedStatement> {
+    let mut stmt = session
+        .prepare(cql.as_str())
+        .await
+        .map_err(|e| StoreError::new(format!("preparing `{cql}`: {e}")))?;
+    stmt.set_consistency(Consistency::LocalQuorum);
+    stmt.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    Ok(stmt)
+}
+
+/// Creates the keyspace and tables if missing and checks (or records) the schema version.
+pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> StoreResult<()> {
+    let ks = &cfg.keyspace;
+    let tablets = if cfg.disable_tablets {
+        " AND tablets = {'enabled': false}"
+    } else {
+        ""
+    };
+    ddl(
+        session,
+        &format!(
+            "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {}{tablets}",
+            cfg.replication
+        ),
+    )
+    .await?;
+    let tables = [
+        "events (owner text, bucket bigint, seq bigint, event blob, \
+         PRIMARY KEY ((owner, bucket), seq)) WITH CLUSTERING ORDER BY (seq ASC)",
+        "event_buckets (owner text, bucket bigint, PRIMARY KEY (owner, bucket)) \
+         WITH CLUSTERING ORDER BY (bucket DESC)",
+        "history (user_a text, user_b text, day int, msg_id bigint, message blob, \
+         PRIMARY KEY ((user_a, user_b, day), msg_id)) WITH CLUSTERING ORDER BY (msg_id DESC)",
+        "history_days (user_a text, user_b text, day int, PRIMARY KEY ((user_a, user_b), day)) \
+         WITH CLUSTERING ORDER BY (day DESC)",
+        "dedup (sender text, client_msg_id text, msg_id bigint, seq bigint, conversation text, \
+         ts bigint, deadline_ms bigint, PRIMARY KEY ((sender, client_msg_id)))",
+        "cursors (owner text, device text, seq bigint, PRIMARY KEY (owner, device))",
+        "read_pointers (owner text, conversation text, msg_id bigint, \
+         PRIMARY KEY (owner, conversation))",
+        "max_msg_id (slot int PRIMARY KEY, msg_id bigint)",
+        "meta (name text PRIMARY KEY, n bigint)",
+    ];
+    for table in tables {
+        ddl(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.{table}")).await?;
+    }
+    let mut version = Statement::new(format!(
+        "INSERT INTO {ks}.meta (name, n) VALUES ('schema_version', {SCHEMA_VERSION}) IF NOT EXISTS"
+    ));
+    version.set_consistency(Consistency::LocalQuorum);
+    version.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    let what = "recording the schema version";
+    let result = session
+        .query_unpaged(version, ())
+        .await
+        .map_err(|e| StoreError::new(format!("{what}: {e}")))?;
+    let recorded = Lwt::parse(result).map_err(|e| StoreError::new(format!("{what}: {}", e.0)))?;
+    if !recorded.applied {
+        let found = recorded.i64("n")?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::new(format!(
+                "keyspace {ks} has schema version {found}, this build reads version \
+                 {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn ddl(session: &Session, cql: &str) -> StoreResult<()> {
+    let mut stmt = Statement::new(cql);
+    stmt.set_request_timeout(Some(DDL_TIMEOUT));
+    session
+        .query_unpaged(stmt, ())
+        .await
+        .map_err(|e| StoreError::new(format!("`{cql}`: {e}")))?;
+    Ok(())
+}
