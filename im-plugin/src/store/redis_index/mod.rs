@@ -289,6 +289,35 @@ impl RedisIndex {
         Ok((current == rid).then_some(values))
     }
 
+    /// Runs `pipe` (made by [`RedisIndex::verified_pipe`], invoking `scripts`). The scripts are
+    /// sent only when Redis does not know them (after a restart or SCRIPT FLUSH): then the
+    /// pipeline runs again behind their SCRIPT LOADs. (Should another client flush the scripts
+    /// in the middle of a pipeline, its calls before that ran twice: their seqs become gaps.)
+    async fn query_with_scripts(
+        &self,
+        pipe: &redis::Pipeline,
+        scripts: &[&Script],
+    ) -> StoreResult<Vec<Value>> {
+        match pipe.query_async(&mut self.conn.clone()).await {
+            Ok(values) => Ok(values),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut loading = Self::verified_pipe();
+                for script in scripts {
+                    loading.load_script(script).ignore();
+                }
+                // The first command of `pipe` is its own CLIENT GETNAME.
+                for cmd in pipe.cmd_iter().skip(1) {
+                    loading.add_command(cmd.clone());
+                }
+                loading
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.failed(e))
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
     /// Any failed request: the connection may be reconnecting, maybe to a restarted Redis. The
     /// next verified request finds out which.
     fn failed(&self, e: redis::RedisError) -> StoreError {
@@ -318,7 +347,7 @@ impl RedisIndex {
         dedup_horizon: i64,
     ) -> StoreResult<Option<Vec<Allocated>>> {
         let rid = self.run_id();
-        let mut pipe = redis::pipe();
+        let mut pipe = Self::verified_pipe();
         for request in requests {
             match request {
                 AllocRequest::Message {
@@ -359,29 +388,9 @@ impl RedisIndex {
                 }
             }
         }
-        // The scripts are sent only when Redis does not know them (after a restart or SCRIPT
-        // FLUSH), not with every batch.
-        let run = |loading: bool| {
-            let mut full = Self::verified_pipe();
-            if loading {
-                full.load_script(&self.alloc).ignore();
-                full.load_script(&self.read).ignore();
-            }
-            for cmd in pipe.cmd_iter() {
-                full.add_command(cmd.clone());
-            }
-            full
-        };
-        let values: Vec<Value> = match run(false).query_async(&mut self.conn.clone()).await {
-            Ok(values) => values,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                run(true)
-                    .query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(|e| self.failed(e))?
-            }
-            Err(e) => return Err(self.failed(e)),
-        };
+        let values = self
+            .query_with_scripts(&pipe, &[&self.alloc, &self.read])
+            .await?;
         let Some(answers) = self.verified_answer(values, &rid).await? else {
             return Ok(None);
         };
@@ -428,21 +437,9 @@ impl RedisIndex {
             .arg(self.dedup_ttl_secs)
             .arg(&peer_conversation)
             .arg(padded(sent.msg_id));
-        // Per message, so the script is sent only when Redis does not know it (after a restart
-        // or SCRIPT FLUSH), not every time.
         let mut pipe = Self::verified_pipe();
         pipe.invoke_script(&call);
-        let values: Vec<Value> = match pipe.query_async(&mut self.conn.clone()).await {
-            Ok(values) => values,
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut pipe = Self::verified_pipe();
-                pipe.load_script(&self.apply).ignore().invoke_script(&call);
-                pipe.query_async(&mut self.conn.clone())
-                    .await
-                    .map_err(|e| self.failed(e))?
-            }
-            Err(e) => return Err(self.failed(e)),
-        };
+        let values = self.query_with_scripts(&pipe, &[&self.apply]).await?;
         let Some(values) = self.verified_answer(values, &rid).await? else {
             return Ok(Some(from.to_string()));
         };

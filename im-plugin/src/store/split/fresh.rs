@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqim_schemas::v1::event;
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use super::Shared;
 use crate::store::redis_index::RebuiltConversation;
@@ -221,7 +221,9 @@ impl Drop for Writing {
     }
 }
 
-/// Logs a failed rebuild once per call site and reason class; kept quiet otherwise.
-pub(super) fn warn_rebuild_failed(user: &str, e: &StoreError) {
-    warn!(user, error = %e, "could not rebuild a user's index from the log");
+/// A failed rebuild, at debug level: the requests that waited for it fail with UNAVAILABLE,
+/// which is logged where errors are mapped; one line per user here would only repeat it while
+/// Redis is down.
+pub(super) fn debug_rebuild_failed(user: &str, e: &StoreError) {
+    debug!(user, error = %e, "could not rebuild a user's index from the log");
 }

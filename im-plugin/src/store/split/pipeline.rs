@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::fresh::{warn_rebuild_failed, Writing};
+use super::fresh::{debug_rebuild_failed, Writing};
 use super::{Reply, Shared};
 use crate::conversation::Conversation;
 use crate::store::log::{LogError, MessageSeqs, ReceiptWrite};
@@ -194,7 +194,7 @@ impl Pipeline {
         self.rebuilding.remove(&user);
         self.ready = true;
         if let Err(e) = done {
-            warn_rebuild_failed(&user, &e);
+            debug_rebuild_failed(&user, &e);
             let (failed, kept): (Vec<Job>, Vec<Job>) = self
                 .deferred
                 .drain(..)
