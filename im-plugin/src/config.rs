@@ -23,6 +23,11 @@ pub struct ImConfig {
     pub max_sends_per_sec: u32,
     /// Sends a user may make in a burst above that rate.
     pub send_burst: u32,
+    /// Most members of a small group (write diffusion: every message is copied to each member's
+    /// stream).
+    pub group_max_members: usize,
+    /// Most members of a large group (read diffusion: messages are stored once).
+    pub large_group_max_members: usize,
 }
 
 impl Default for ImConfig {
@@ -35,6 +40,8 @@ impl Default for ImConfig {
             sync_max_limit: 1000,
             max_sends_per_sec: 100,
             send_burst: 200,
+            group_max_members: 500,
+            large_group_max_members: 100_000,
         }
     }
 }

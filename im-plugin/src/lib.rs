@@ -2,7 +2,10 @@
 //!
 //! Layout:
 //! - `plugin`: `ImPlugin`, the service: authorizes IM topics, dispatches requests, replies.
-//! - `ops/`: one file per operation (`send`, `sync`, `ack`).
+//! - `ops/`: one file per operation (`send`, `sync`, `ack`, ...; the group changes share
+//!   `group_admin`, the group reads `group_query`).
+//! - `groups/`: the group registry (members, in step with the order of writes), the rules of
+//!   who may do what, and the commit sequence every group entry goes through.
 //! - `wire`: request decoding and downlink encoding (canonical proto3 JSON or protobuf).
 //! - `topics`: the `im/{user}/{device}/{up|down}/{json|pb}` tree.
 //! - `presence`: online devices; `delivery`: live delivery in commit order.
@@ -21,6 +24,7 @@ pub mod config;
 pub mod conversation;
 pub mod delivery;
 pub mod error;
+pub mod groups;
 pub mod hooks;
 pub mod limits;
 pub mod msgid;

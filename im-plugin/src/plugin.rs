@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::ImConfig;
 use crate::delivery::DeliveryQueue;
+use crate::groups::Registry;
 use crate::hooks::{Hooks, PushHook};
 use crate::limits::SendLimiter;
 use crate::msgid::MsgIdGen;
@@ -35,6 +36,8 @@ pub struct ImPlugin {
     pub(crate) deliveries: DeliveryQueue,
     pub(crate) send_limit: SendLimiter,
     pub(crate) hooks: Arc<Hooks>,
+    /// Every group and its members, in step with the order of writes.
+    pub(crate) groups: Arc<Registry>,
 }
 
 impl ImPlugin {
@@ -49,7 +52,9 @@ impl ImPlugin {
         let presence = Arc::new(Presence::default());
         let send_limit = SendLimiter::new(cfg.max_sends_per_sec, cfg.send_burst);
         let hooks = Arc::new(Hooks::default());
+        let groups = Arc::new(Registry::load(&store).await?);
         Ok(Arc::new(ImPlugin {
+            groups,
             send_limit,
             cfg,
             auth,
@@ -133,6 +138,17 @@ impl ImPlugin {
             Some(Op::Conversations(r)) => ops::conversations::start(self, &link, r),
             Some(Op::Read(r)) => ops::read::start(self, &link, r),
             Some(Op::History(r)) => ops::history::start(self, &link, r),
+            Some(Op::GroupCreate(r)) => ops::group_admin::create(self, &link, r),
+            Some(Op::GroupAdd(r)) => ops::group_admin::add(self, &link, r),
+            Some(Op::GroupRemove(r)) => ops::group_admin::remove(self, &link, r),
+            Some(Op::GroupLeave(r)) => ops::group_admin::leave(self, &link, r),
+            Some(Op::GroupUpdate(r)) => ops::group_admin::update(self, &link, r),
+            Some(Op::GroupRole(r)) => ops::group_admin::role(self, &link, r),
+            Some(Op::GroupTransfer(r)) => ops::group_admin::transfer(self, &link, r),
+            Some(Op::GroupDisband(r)) => ops::group_admin::disband(self, &link, r),
+            Some(Op::GroupInfo(r)) => ops::group_query::group_info(self, &link, r),
+            Some(Op::GroupMembers(r)) => ops::group_query::group_members(self, &link, r),
+            Some(Op::GroupSync(r)) => ops::group_query::group_sync(self, &link, r),
             Some(Op::PushRegister(r)) => ops::push_register::start(self, &link, r),
             Some(Op::PushUnregister(r)) => ops::push_unregister::start(self, &link, r),
             Some(Op::Mute(r)) => ops::mute::start(self, &link, r),

@@ -97,6 +97,29 @@ impl Presence {
     }
 }
 
+impl Presence {
+    /// Delivers one event that is the same for every recipient (a large group's live event, which
+    /// has no stream seq) to the online devices of each of `users`, encoding it once per format.
+    pub fn deliver_to_many<'a>(
+        &self,
+        users: impl Iterator<Item = &'a str>,
+        event: Event,
+        exclude_conn: Option<u64>,
+    ) -> usize {
+        let downlink_msg = wire::event(event);
+        let mut encoded: [Option<Bytes>; 2] = [None, None];
+        let mut reached = 0;
+        for user in users {
+            let shard = self.shard(user).lock();
+            if let Some(e) = shard.get(user) {
+                reached += 1;
+                send_encoded(user, &e.devices, &downlink_msg, &mut encoded, exclude_conn);
+            }
+        }
+        reached
+    }
+}
+
 fn send_to_devices(
     user: &str,
     devices: &[Arc<dyn DeviceLink>],
@@ -105,6 +128,16 @@ fn send_to_devices(
 ) {
     let downlink_msg = wire::event(event);
     let mut encoded: [Option<Bytes>; 2] = [None, None];
+    send_encoded(user, devices, &downlink_msg, &mut encoded, exclude);
+}
+
+fn send_encoded(
+    user: &str,
+    devices: &[Arc<dyn DeviceLink>],
+    downlink_msg: &mqim_schemas::v1::Downlink,
+    encoded: &mut [Option<Bytes>; 2],
+    exclude: Option<u64>,
+) {
     for d in devices {
         if Some(d.conn_id()) == exclude {
             continue;
@@ -113,7 +146,7 @@ fn send_to_devices(
             let topic = downlink(user, d.device(), format);
             if d.is_subscribed(&topic) {
                 let payload = encoded[i]
-                    .get_or_insert_with(|| wire::encode(format, &downlink_msg))
+                    .get_or_insert_with(|| wire::encode(format, downlink_msg))
                     .clone();
                 d.deliver(&topic, payload);
             }

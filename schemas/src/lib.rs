@@ -53,7 +53,9 @@ mod tests {
                     text: Some("hi".into()),
                     body: Some(bytes::Bytes::from_static(b"\x00\x01")),
                     r#type: None,
+                    ..Message::default()
                 })),
+                group_seq: 0,
             })),
         };
         let json = serde_json::to_value(&ev).unwrap();

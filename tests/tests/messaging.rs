@@ -180,6 +180,7 @@ async fn protobuf_downlink_and_uplink_carry_the_same_messages() {
             text: Some("over protobuf".into()),
             body: Some(bytes::Bytes::from_static(&[0, 159, 146, 150])),
             r#type: None,
+            ..SendRequest::default()
         })),
     };
     alice

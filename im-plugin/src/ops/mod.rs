@@ -3,6 +3,9 @@
 
 pub mod ack;
 pub mod conversations;
+pub mod group_admin;
+pub mod group_query;
+pub mod group_send;
 pub mod history;
 pub mod mute;
 pub mod push_register;
@@ -32,9 +35,37 @@ pub(crate) fn page_limit(requested: Option<u32>) -> Result<usize, ImError> {
     }
 }
 
-/// Checks a conversation id (`u:<user>`) and returns the peer.
+/// Checks a one-to-one conversation id (`u:<user>`) and returns the peer.
 pub(crate) fn parse_conversation(id: &str) -> Result<&str, ImError> {
     crate::conversation::Conversation::peer(id)
         .filter(|u| crate::topics::valid_user_id(u))
-        .ok_or_else(|| ImError::invalid("`conversation` must be `u:<user id>`"))
+        .ok_or_else(|| ImError::invalid("`conversation` must be `u:<user id>` or `g:<group id>`"))
 }
+
+/// Checks a conversation id from a client: `u:<user>` or `g:<group>`.
+pub(crate) fn parse_any_conversation(id: &str) -> Result<Conversation, ImError> {
+    match Conversation::parse(id) {
+        Some(Conversation::User(u)) if crate::topics::valid_user_id(&u) => {
+            Ok(Conversation::User(u))
+        }
+        Some(Conversation::Group(g)) if valid_group_id(&g) => Ok(Conversation::Group(g)),
+        _ => Err(ImError::invalid(
+            "`conversation` must be `u:<user id>` or `g:<group id>`",
+        )),
+    }
+}
+
+/// A group id as the server assigns them: decimal digits.
+pub(crate) fn valid_group_id(id: &str) -> bool {
+    (1..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks a group reference from a client (`g:<id>`) and returns the id.
+pub(crate) fn parse_group(id: &str) -> Result<String, ImError> {
+    match Conversation::parse(id) {
+        Some(Conversation::Group(g)) if valid_group_id(&g) => Ok(g),
+        _ => Err(ImError::invalid("`group` must be `g:<group id>`")),
+    }
+}
+
+use crate::conversation::Conversation;

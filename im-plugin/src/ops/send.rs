@@ -1,4 +1,5 @@
-//! `send`: accept a one-to-one message, make it durable in both streams, deliver it live.
+//! `send`: accept a one-to-one message, make it durable in both streams, deliver it live. A
+//! send to a group (`g:<id>`) goes on to `group_send`.
 //!
 //! The msgid is assigned, the store append enqueued and a delivery slot taken under one lock, so
 //! msgid order, commit order and live delivery order agree. The commit runs on its own task: a
@@ -18,15 +19,14 @@ use crate::ImPlugin;
 
 /// Validates and starts a send from `link`'s user.
 pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendRequest) -> OpFuture {
+    if req.to.starts_with("g:") {
+        return super::group_send::start(plugin, link, req);
+    }
     let msg = match validate(plugin, link.user(), req) {
         Ok(m) => m,
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
-    if !plugin.send_limit.allow(&msg.from) {
-        let e = ImError::new(
-            ErrorCode::RateLimited,
-            "too many messages; slow down and resend with the same clientMsgId",
-        );
+    if let Err(e) = check_rate(plugin, &msg.from) {
         return futures::future::ready(Err(e)).boxed();
     }
     let (from, to) = (msg.from.clone(), msg.to.clone());
@@ -55,7 +55,7 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
                     event: a.sender_event,
                     exclude_conn: Some(exclude),
                 });
-                let _ = slot.send(out);
+                let _ = slot.send(out.into());
                 Ok(sent(a.sent))
             }
             SendOutcome::Duplicate(original) => Ok(sent(original)),
@@ -68,18 +68,48 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
     .boxed()
 }
 
-fn sent(r: SentRecord) -> reply::Result {
+/// The per-user send rate (one-to-one and group sends alike).
+pub(super) fn check_rate(plugin: &ImPlugin, user: &str) -> Result<(), ImError> {
+    if !plugin.send_limit.allow(user) {
+        return Err(ImError::new(
+            ErrorCode::RateLimited,
+            "too many messages; slow down and resend with the same clientMsgId",
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn sent(r: SentRecord) -> reply::Result {
     reply::Result::Sent(SentReply {
         msg_id: r.msg_id,
         seq: r.seq,
         conversation: r.conversation,
         ts: r.ts,
+        group_seq: r.group_seq,
     })
 }
 
 fn validate(plugin: &ImPlugin, from: &str, req: SendRequest) -> Result<NewMessage, ImError> {
     let to = super::parse_conversation(&req.to)
-        .map_err(|_| ImError::invalid("`to` must be `u:<user id>`"))?;
+        .map_err(|_| ImError::invalid("`to` must be `u:<user id>` or `g:<group id>`"))?;
+    if !req.mentions.is_empty() || req.mention_all {
+        return Err(ImError::invalid("mentions are for group messages"));
+    }
+    check_content(plugin, &req)?;
+    Ok(NewMessage {
+        from: from.to_string(),
+        to: to.to_string(),
+        client_msg_id: req.client_msg_id,
+        msg_id: 0,
+        ts: 0,
+        text: req.text,
+        body: req.body,
+        kind: req.r#type,
+    })
+}
+
+/// The content rules every message follows: a clientMsgId, some content, within the size limit.
+pub(super) fn check_content(plugin: &ImPlugin, req: &SendRequest) -> Result<(), ImError> {
     let n = req.client_msg_id.chars().count();
     if !(1..=64).contains(&n) {
         return Err(ImError::invalid(
@@ -99,14 +129,5 @@ fn validate(plugin: &ImPlugin, from: &str, req: SendRequest) -> Result<NewMessag
             ),
         ));
     }
-    Ok(NewMessage {
-        from: from.to_string(),
-        to: to.to_string(),
-        client_msg_id: req.client_msg_id,
-        msg_id: 0,
-        ts: 0,
-        text: req.text,
-        body: req.body,
-        kind: req.r#type,
-    })
+    Ok(())
 }

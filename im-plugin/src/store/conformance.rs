@@ -252,6 +252,7 @@ pub async fn seqs_start_at_one_and_are_contiguous(store: Arc<dyn MessageStore>) 
         assert_eq!(
             appended.sent,
             SentRecord {
+                group_seq: 0,
                 msg_id: 100 + i,
                 seq: want_sender_seq,
                 conversation: format!("u:{to}"),
@@ -762,6 +763,7 @@ pub async fn content_round_trips(store: Arc<dyn MessageStore>) {
                 text: msg.text.clone(),
                 body: msg.body.clone(),
                 r#type: msg.kind.clone(),
+                ..v1::Message::default()
             };
             assert_eq!(body(event), &want, "{user}'s copy of {}", msg.client_msg_id);
         }
@@ -1075,6 +1077,7 @@ mod tests {
                     let event = make_event(0, &msg);
                     let appended = Appended {
                         sent: SentRecord {
+                            group_seq: 0,
                             msg_id: msg.msg_id,
                             seq: 0,
                             conversation: format!("u:{}", msg.to),
@@ -1181,7 +1184,9 @@ mod tests {
                 text: msg.text.clone(),
                 body: msg.body.clone(),
                 r#type: msg.kind.clone(),
+                ..v1::Message::default()
             })),
+            group_seq: 0,
         }
     }
 

@@ -11,6 +11,7 @@
 //! - seqs start at 1 per user and are never skipped, reused or reordered.
 
 pub mod conformance;
+pub mod groups;
 pub mod log;
 pub mod lsm;
 pub mod redis_index;
@@ -51,6 +52,7 @@ impl NewMessage {
             text: self.text.clone(),
             body: self.body.clone(),
             r#type: self.kind.clone(),
+            ..Message::default()
         }
     }
 
@@ -59,6 +61,7 @@ impl NewMessage {
         Event {
             seq,
             body: Some(event::Body::Message(self.to_message(conversation))),
+            group_seq: 0,
         }
     }
 }
@@ -68,6 +71,7 @@ pub(crate) fn gap_event(seq: u64) -> Event {
     Event {
         seq,
         body: Some(event::Body::Gap(mqim_schemas::v1::Gap {})),
+        group_seq: 0,
     }
 }
 
@@ -80,6 +84,7 @@ pub(crate) fn receipt_event(seq: u64, conversation: String, by: &str, msg_id: u6
             by: by.to_string(),
             msg_id,
         })),
+        group_seq: 0,
     }
 }
 
@@ -87,11 +92,13 @@ pub(crate) fn receipt_event(seq: u64, conversation: String, by: &str, msg_id: u6
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SentRecord {
     pub msg_id: u64,
-    /// The seq of the message in the sender's stream.
+    /// The seq of the message in the sender's stream (0: no copy there, a large group).
     pub seq: u64,
-    /// The conversation as the sender sees it (`u:<to>`).
+    /// The conversation as the sender sees it (`u:<to>`, `g:<group>`).
     pub conversation: String,
     pub ts: i64,
+    /// Groups: the message's position in the group's log (0 for one-to-one).
+    pub group_seq: u64,
 }
 
 /// The events a fresh message appended, to deliver live.
@@ -174,14 +181,18 @@ pub trait MessageStore: Send + Sync + 'static {
 /// One conversation as its owner sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConversationSummary {
-    /// `u:<peer>`.
+    /// `u:<peer>` or `g:<group>`.
     pub id: String,
-    /// Messages from the peer not yet read by the owner.
+    /// Messages from others not yet read by the owner.
     pub unread: u64,
     /// The latest message in either direction, as the owner sees it.
     pub last: Option<Message>,
     /// Time of the latest message, Unix milliseconds.
     pub updated_at: i64,
+    /// Groups: a message mentioning the owner is unread.
+    pub mentioned: bool,
+    /// Large groups: the group log's last position.
+    pub last_group_seq: u64,
 }
 
 /// A page of conversations, newest activity first.
@@ -263,9 +274,9 @@ pub trait PresenceStore: Send + Sync + 'static {
 }
 
 /// Everything the IM service needs from storage.
-pub trait Store: MessageStore + InboxStore + PresenceStore {}
+pub trait Store: MessageStore + InboxStore + PresenceStore + groups::GroupStore {}
 
-impl<T: MessageStore + InboxStore + PresenceStore> Store for T {}
+impl<T: MessageStore + InboxStore + PresenceStore + groups::GroupStore> Store for T {}
 
 /// Decodes a stored event that must be a message (what the history and recency indexes point at).
 pub(crate) fn decode_message(bytes: &[u8]) -> StoreResult<Message> {

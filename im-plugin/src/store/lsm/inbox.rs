@@ -29,6 +29,7 @@ impl Pending<'_> {
         };
         let dedup_value = checked_value(encode_dedup(
             &SentRecord {
+                group_seq: 0,
                 msg_id: msg.msg_id,
                 seq: sender_seq,
                 conversation: conversation.clone(),
@@ -37,11 +38,13 @@ impl Pending<'_> {
             msg.ts,
         ))?;
         let max = self.get_u64(Table::Meta, META_MAX_MSG_ID, "max msg_id")?;
-        let sender_inbox = self.inbox_update(&msg.from, &conversation, msg, sender_seq)?;
+        let sender_inbox =
+            self.inbox_update(&msg.from, &conversation, msg.msg_id, msg.ts, sender_seq)?;
         let recipient_inbox = match &recipient {
             Some((seq, _, _)) => {
                 let peer_conversation = Conversation::with_user(&msg.from);
-                let update = self.inbox_update(&msg.to, &peer_conversation, msg, *seq)?;
+                let update =
+                    self.inbox_update(&msg.to, &peer_conversation, msg.msg_id, msg.ts, *seq)?;
                 let count_key = checked_key(user_conv_key(&msg.to, &peer_conversation))?;
                 let count = self.get_u64(Table::UnreadCount, &count_key, "unread count")?;
                 Some((update, count_key, count, *seq))
@@ -81,6 +84,7 @@ impl Pending<'_> {
 
         Ok(SendOutcome::Fresh(Appended {
             sent: SentRecord {
+                group_seq: 0,
                 msg_id: msg.msg_id,
                 seq: sender_seq,
                 conversation,
@@ -97,7 +101,8 @@ impl Pending<'_> {
         &self,
         owner: &str,
         conversation: &str,
-        msg: &NewMessage,
+        msg_id: u64,
+        ts: i64,
         seq: u64,
     ) -> StoreResult<InboxUpdate> {
         let key = checked_key(user_conv_key(owner, conversation))?;
@@ -106,9 +111,9 @@ impl Pending<'_> {
             None => None,
         };
         // Never move a conversation back in time, should clocks disagree.
-        let updated = previous.map_or(msg.ts, |p| p.max(msg.ts));
+        let updated = previous.map_or(ts, |p| p.max(ts));
         let mut index_key = key.clone();
-        index_key.extend_from_slice(&msg.msg_id.to_be_bytes());
+        index_key.extend_from_slice(&msg_id.to_be_bytes());
         Ok(InboxUpdate {
             old_by_time: previous.map(|p| recent_by_time_key(owner, p, conversation)),
             new_by_time: checked_key(recent_by_time_key(owner, updated, conversation))?,
@@ -164,16 +169,38 @@ impl Pending<'_> {
             }
         }
         let left = count.saturating_sub(removed.len() as u64);
-        let peer = Conversation::peer(conversation).filter(|_| !removed.is_empty());
+        // Who gets the receipt: the peer of a one-to-one conversation; in a group, the sender of
+        // the newest message the read covers.
+        let peer = match Conversation::parse(conversation) {
+            _ if removed.is_empty() => None,
+            Some(Conversation::User(peer)) => Some((peer, Conversation::with_user(user))),
+            Some(Conversation::Group(_)) => {
+                let newest = removed
+                    .iter()
+                    .filter_map(|row| row.last_chunk::<8>().map(|s| u64::from_be_bytes(*s)))
+                    .max()
+                    .unwrap_or(0);
+                match self
+                    .ks
+                    .events
+                    .get(event_key(user, newest))
+                    .map_err(StoreError::new)?
+                {
+                    Some(bytes) => Some((decode_message(&bytes)?.from, conversation.to_string())),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let mention = match self.get(Table::Mentions, &key)? {
+            Some(v) => decode_u64(&v, "mention")? <= up_to,
+            None => false,
+        };
         let receipts = match peer {
-            Some(peer) => {
+            Some((peer, their_conversation)) => {
+                let peer = peer.as_str();
                 let own = receipt_event(self.next_seq(user)?, conversation.into(), user, up_to);
-                let theirs = receipt_event(
-                    self.next_seq(peer)?,
-                    Conversation::with_user(user),
-                    user,
-                    up_to,
-                );
+                let theirs = receipt_event(self.next_seq(peer)?, their_conversation, user, up_to);
                 let rows = (event_row(user, &own)?, event_row(peer, &theirs)?);
                 Some((own, peer.to_string(), theirs, rows))
             }
@@ -181,6 +208,9 @@ impl Pending<'_> {
         };
 
         // Writes: nothing below can fail.
+        if mention {
+            self.remove(Table::Mentions, key.clone());
+        }
         self.ks_put_read_upto(key.clone(), up_to);
         for row in removed {
             self.batch.remove(&self.ks.unread, row);

@@ -110,15 +110,28 @@ pub(super) fn encode_dedup(sent: &SentRecord, recorded: i64) -> Vec<u8> {
     value.extend_from_slice(&sent.ts.to_be_bytes());
     value.extend_from_slice(&recorded.to_be_bytes());
     value.extend_from_slice(sent.conversation.as_bytes());
+    // A group message's record ends with a NUL and its group seq (no conversation id holds a
+    // NUL, so one-to-one records, written before groups existed, read as before).
+    if sent.group_seq != 0 {
+        value.push(0);
+        value.extend_from_slice(&sent.group_seq.to_be_bytes());
+    }
     value
 }
 
 /// The original [`SentRecord`] and the time it was recorded.
 pub(super) fn decode_dedup(value: &[u8]) -> StoreResult<(SentRecord, i64)> {
     let corrupt = || StoreError::new("corrupt dedup value");
-    let (fixed, conversation) = value
+    let (fixed, mut conversation) = value
         .split_first_chunk::<DEDUP_FIXED_LEN>()
         .ok_or_else(corrupt)?;
+    let mut group_seq = 0;
+    if let Some((head, tail)) = conversation.split_last_chunk::<8>() {
+        if let Some((0, head)) = head.split_last() {
+            group_seq = u64::from_be_bytes(*tail);
+            conversation = head;
+        }
+    }
     let field = |i: usize| -> StoreResult<[u8; 8]> {
         fixed
             .get(i * 8..i * 8 + 8)
@@ -130,6 +143,7 @@ pub(super) fn decode_dedup(value: &[u8]) -> StoreResult<(SentRecord, i64)> {
         seq: u64::from_be_bytes(field(1)?),
         ts: i64::from_be_bytes(field(2)?),
         conversation: String::from_utf8(conversation.to_vec()).map_err(|_| corrupt())?,
+        group_seq,
     };
     Ok((sent, i64::from_be_bytes(field(3)?)))
 }

@@ -105,6 +105,7 @@ impl Pending<'_> {
             rows.push((*owner, event, row, index_key));
         }
         let sent = SentRecord {
+            group_seq: 0,
             msg_id: msg.msg_id,
             seq: seqs.sender,
             conversation: copies[0].2.clone(),

@@ -60,6 +60,7 @@ use mqim_schemas::v1::Event;
 use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
+use super::groups::{GroupAppend, GroupOutcome, GroupReadOutcome};
 use super::log::{MessageSeqs, ReceiptWrite};
 use super::{
     decode_message, receipt_event, Appended, ConversationPage, ConversationSummary, HistoryPage,
@@ -68,6 +69,8 @@ use super::{
 };
 use crate::conversation::Conversation;
 
+mod group_reads;
+mod groups;
 mod inbox;
 mod keys;
 mod log_mode;
@@ -159,6 +162,13 @@ struct Keyspaces {
     recent: Keyspace,
     recent_by_time: Keyspace,
     conv_index: Keyspace,
+    group_meta: Keyspace,
+    group_members: Keyspace,
+    user_groups: Keyspace,
+    group_head: Keyspace,
+    group_ordinal: Keyspace,
+    group_read: Keyspace,
+    mentions: Keyspace,
     persist: PersistMode,
 }
 
@@ -173,6 +183,10 @@ enum Table {
     Meta,
     UnreadCount,
     Recent,
+    GroupMembers,
+    GroupHead,
+    GroupRead,
+    Mentions,
 }
 
 #[derive(Default)]
@@ -220,11 +234,21 @@ enum Op {
         receipt: ReceiptWrite,
         deadline: Instant,
     },
+    /// A group entry (`groups.rs`).
+    Group(GroupAppend),
+    /// A member's read position in a large group.
+    GroupRead {
+        user: String,
+        group: String,
+        up_to: u64,
+    },
 }
 
 enum Output {
     // Boxed: an appended message is far larger than the other answers.
     Sent(Box<SendOutcome>),
+    Group(Box<GroupOutcome>),
+    GroupRead(Box<GroupReadOutcome>),
     Cursor(u64),
     Purged(usize),
     Read(Box<ReadOutcome>),
@@ -269,6 +293,13 @@ impl LsmStore {
             recent: keyspace("recent")?,
             recent_by_time: keyspace("recent_by_time")?,
             conv_index: keyspace("conv_index")?,
+            group_meta: keyspace("group_meta")?,
+            group_members: keyspace("group_members")?,
+            user_groups: keyspace("user_groups")?,
+            group_head: keyspace("group_head")?,
+            group_ordinal: keyspace("group_ordinal")?,
+            group_read: keyspace("group_read")?,
+            mentions: keyspace("mentions")?,
             db,
             persist: sync.persist_mode(),
         };

@@ -149,7 +149,10 @@ impl InboxStore for LsmStore {
                     Some(bytes) => Some(decode_message(&bytes)?),
                     None => None,
                 };
+                let mentioned = ks.mentions.get(&ckey).map_err(StoreError::new)?.is_some();
                 page.conversations.push(ConversationSummary {
+                    mentioned,
+                    last_group_seq: 0,
                     id: conversation,
                     unread,
                     last,
@@ -169,28 +172,43 @@ impl InboxStore for LsmStore {
         limit: usize,
     ) -> StoreResult<HistoryPage> {
         let (user, conversation) = (user.to_owned(), conversation.to_owned());
-        self.read(move |ks| {
-            let prefix = user_conv_key(&user, &conversation);
-            let mut end = prefix.clone();
-            end.extend_from_slice(&before_msg_id.unwrap_or(u64::MAX).to_be_bytes());
-            let mut page = HistoryPage::default();
-            for entry in ks.conv_index.range(prefix.clone()..end).rev() {
-                if page.messages.len() == limit {
-                    page.has_more = true;
-                    break;
-                }
-                let seq = decode_u64(&entry.value().map_err(StoreError::new)?, "history seq")?;
-                let bytes = ks
-                    .events
-                    .get(event_key(&user, seq))
-                    .map_err(StoreError::new)?
-                    .ok_or_else(|| StoreError::new("history index points at a missing event"))?;
-                page.messages.push(decode_message(&bytes)?);
-            }
-            Ok(page)
-        })
-        .await
+        self.read(move |ks| read_history(ks, &user, &conversation, before_msg_id, 0, limit))
+            .await
     }
+}
+
+/// Messages of `conversation` in `owner`'s stream with `since < msgid < before`, newest first.
+pub(super) fn read_history(
+    ks: &Keyspaces,
+    owner: &str,
+    conversation: &str,
+    before_msg_id: Option<u64>,
+    since: u64,
+    limit: usize,
+) -> StoreResult<HistoryPage> {
+    let prefix = user_conv_key(owner, conversation);
+    let mut start = prefix.clone();
+    start.extend_from_slice(&since.saturating_add(1).to_be_bytes());
+    let mut end = prefix;
+    end.extend_from_slice(&before_msg_id.unwrap_or(u64::MAX).to_be_bytes());
+    let mut page = HistoryPage::default();
+    if start >= end {
+        return Ok(page);
+    }
+    for entry in ks.conv_index.range(start..end).rev() {
+        if page.messages.len() == limit {
+            page.has_more = true;
+            break;
+        }
+        let seq = decode_u64(&entry.value().map_err(StoreError::new)?, "history seq")?;
+        let bytes = ks
+            .events
+            .get(event_key(owner, seq))
+            .map_err(StoreError::new)?
+            .ok_or_else(|| StoreError::new("history index points at a missing event"))?;
+        page.messages.push(decode_message(&bytes)?);
+    }
+    Ok(page)
 }
 
 /// One node: its own registry knows who is online.

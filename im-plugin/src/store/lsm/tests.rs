@@ -223,6 +223,7 @@ async fn a_purge_applies_in_queue_order() {
 #[test]
 fn dedup_values_and_by_time_keys_round_trip() {
     let sent = SentRecord {
+        group_seq: 0,
         msg_id: u64::MAX,
         seq: 7,
         conversation: "u:bob".into(),

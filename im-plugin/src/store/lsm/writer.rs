@@ -21,7 +21,10 @@ pub(super) fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, stats: &C
         // runs in a commit of its own, after what was queued before it and before what was
         // queued after.
         for job in jobs.drain(..) {
-            if matches!(job.op, Op::Purge { .. } | Op::Read { .. }) {
+            if matches!(
+                job.op,
+                Op::Purge { .. } | Op::Read { .. } | Op::GroupRead { .. }
+            ) {
                 commit_segment(ks, &mut segment, stats);
                 segment.push(job);
                 commit_segment(ks, &mut segment, stats);
@@ -89,6 +92,10 @@ impl<'a> Pending<'a> {
             Table::Meta => &ks.meta,
             Table::UnreadCount => &ks.unread_count,
             Table::Recent => &ks.recent,
+            Table::GroupMembers => &ks.group_members,
+            Table::GroupHead => &ks.group_head,
+            Table::GroupRead => &ks.group_read,
+            Table::Mentions => &ks.mentions,
         }
     }
 
@@ -151,6 +158,10 @@ impl<'a> Pending<'a> {
                 check_deadline(*deadline)?;
                 self.log_receipts(receipt)
             }
+            Op::Group(entry) => self.append_group(entry).map(|o| Output::Group(Box::new(o))),
+            Op::GroupRead { user, group, up_to } => self
+                .mark_group_read(user, group, *up_to)
+                .map(|o| Output::GroupRead(Box::new(o))),
         }
     }
 }

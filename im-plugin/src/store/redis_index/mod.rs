@@ -560,6 +560,7 @@ mod tests {
     #[test]
     fn dedup_cache_entries_round_trip() {
         let sent = SentRecord {
+            group_seq: 0,
             msg_id: (1 << 62) + 3,
             seq: 17,
             conversation: "u:bob:with:colons".into(),

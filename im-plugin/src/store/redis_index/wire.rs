@@ -26,6 +26,7 @@ pub(super) fn decode_sent(s: &str) -> StoreResult<SentRecord> {
     let ts = number("ts")?.parse().map_err(bad)?;
     let conversation = number("conversation")?.to_string();
     Ok(SentRecord {
+        group_seq: 0,
         msg_id,
         seq,
         conversation,

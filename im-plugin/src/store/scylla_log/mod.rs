@@ -630,6 +630,7 @@ impl Inner {
             to_i64(seq, "recipient seq")?;
         }
         let sent = SentRecord {
+            group_seq: 0,
             msg_id: msg.msg_id,
             seq: seqs.sender,
             conversation: Conversation::with_user(&msg.to),
@@ -1071,6 +1072,7 @@ impl Lwt {
             }
         };
         Ok(SentRecord {
+            group_seq: 0,
             msg_id: from_i64(self.i64("msg_id")?, "recorded msg_id")?,
             seq: from_i64(self.i64("seq")?, "recorded seq")?,
             conversation,

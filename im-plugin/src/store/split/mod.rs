@@ -120,6 +120,9 @@ type Reply<T> = oneshot::Sender<StoreResult<T>>;
 type SendKey = (String, String);
 
 /// The split store. Dropping it stops its pipeline once queued requests are done.
+/// Groups are not on the split store yet: its `GroupStore` refuses them with a clear error.
+impl crate::store::groups::GroupStore for SplitStore {}
+
 pub struct SplitStore {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
@@ -313,6 +316,8 @@ impl InboxStore for SplitStore {
         };
         for ((id, updated_at, unread), last) in recent.conversations.into_iter().zip(lasts) {
             page.conversations.push(ConversationSummary {
+                mentioned: false,
+                last_group_seq: 0,
                 id,
                 unread,
                 last: last?.messages.into_iter().next(),

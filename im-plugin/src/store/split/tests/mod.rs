@@ -148,6 +148,7 @@ fn kinds(events: &[Event]) -> Vec<(u64, &'static str)> {
                 Some(event::Body::Message(_)) => "message",
                 Some(event::Body::Read(_)) => "read",
                 Some(event::Body::Gap(_)) => "gap",
+                Some(event::Body::Group(_)) => "group",
                 None => "none",
             };
             (e.seq, kind)
