@@ -57,6 +57,7 @@ fn enqueue<F>(
 where
     F: FnOnce(Option<Arc<GroupRecord>>, u64, i64) -> Result<Planned, ImError>,
 {
+    plugin.groups.check_enabled()?;
     let (write, slot, planned_group, changed, members, joined) = {
         let _order = plugin.order.lock();
         let current = match group {

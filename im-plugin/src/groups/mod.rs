@@ -60,15 +60,21 @@ impl Registry {
         })
     }
 
-    /// The group `id`, as of the writes enqueued so far. Call under the order lock when the
-    /// answer decides what is enqueued.
-    pub fn get(&self, id: &str) -> Result<Arc<GroupRecord>, ImError> {
+    /// Whether this store shape keeps groups; FAILED_PRECONDITION if not.
+    pub fn check_enabled(&self) -> Result<(), ImError> {
         if !self.enabled {
             return Err(ImError::new(
                 ErrorCode::FailedPrecondition,
                 "groups need the embedded store in this release",
             ));
         }
+        Ok(())
+    }
+
+    /// The group `id`, as of the writes enqueued so far. Call under the order lock when the
+    /// answer decides what is enqueued.
+    pub fn get(&self, id: &str) -> Result<Arc<GroupRecord>, ImError> {
+        self.check_enabled()?;
         match self.groups.lock().get(id) {
             Some(Entry::Ready(g)) if g.meta.disbanded => {
                 Err(policy::denied("the group was disbanded"))
