@@ -9,6 +9,7 @@
 
 mod brokers;
 mod client;
+mod fanout;
 mod idle;
 mod latency;
 mod report;
@@ -43,7 +44,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 enum Cmd {
-    /// All four scenarios.
+    /// All five scenarios.
     All,
     /// Scenario 1: N idle connections; broker RSS per connection and time to connect.
     Idle,
@@ -53,6 +54,9 @@ enum Cmd {
     Latency,
     /// Scenario 4: N clients, broker killed and restarted; time until all are back.
     Storm,
+    /// Scenario 5: one sender into a small and a large group of online members; time until the
+    /// last member has each message.
+    Fanout,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -505,11 +509,18 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
     }
 
     let scenarios: &[Cmd] = match cli.command {
-        Cmd::All => &[Cmd::Idle, Cmd::Throughput, Cmd::Latency, Cmd::Storm],
+        Cmd::All => &[
+            Cmd::Idle,
+            Cmd::Throughput,
+            Cmd::Latency,
+            Cmd::Storm,
+            Cmd::Fanout,
+        ],
         Cmd::Idle => &[Cmd::Idle],
         Cmd::Throughput => &[Cmd::Throughput],
         Cmd::Latency => &[Cmd::Latency],
         Cmd::Storm => &[Cmd::Storm],
+        Cmd::Fanout => &[Cmd::Fanout],
     };
     let mut sections = Vec::new();
     for sc in scenarios {
@@ -518,6 +529,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
             Cmd::Throughput => throughput::run(&ctx).await,
             Cmd::Latency => latency::run(&ctx).await,
             Cmd::Storm => storm::run(&ctx).await,
+            Cmd::Fanout => fanout::run(&ctx).await,
             Cmd::All => unreachable!(),
         };
         sections.push(section);

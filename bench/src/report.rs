@@ -13,11 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 /// Scenario ids, in file order.
-pub const SCENARIOS: [(&str, &str); 4] = [
+pub const SCENARIOS: [(&str, &str); 5] = [
     ("idle", "1. Idle connections"),
     ("throughput", "2. Throughput"),
     ("latency", "3. Latency (open loop)"),
     ("storm", "4. Reconnect storm"),
+    ("fanout", "5. Group fan-out"),
 ];
 
 /// One value in a table.
