@@ -474,19 +474,21 @@ fn rows_for(label: &str, a: Option<&FanOutcome>, b: Option<&FanOutcome>, rows: &
 
 pub async fn run(ctx: &Ctx) -> Section {
     let s = &ctx.settings;
+    // Group sizes count the sender (the owner), who is a member too.
     let (small, large, huge) = if s.quick {
         (50, 200, 1_000)
     } else {
         (500, 10_000, 100_000)
     };
+    let (small, large, huge) = (small - 1, large - 1, huge - 1);
     let (messages, rate) = if s.quick { (20, 20.0) } else { (100, 10.0) };
     let conc = s.connect_concurrency;
     let mut section = Section::new("fanout");
-    section.param("small group members", small);
-    section.param("large group members", large);
+    section.param("small group members", small + 1);
+    section.param("large group members", large + 1);
     section.param("messages per run", messages);
     section.param("rate (msg/s)", rate);
-    section.param("huge large group members (offline)", huge);
+    section.param("huge large group members (offline)", huge + 1);
 
     let mut outcomes = Vec::new();
     for (is_large, n) in [(false, small), (true, large)] {
@@ -505,7 +507,11 @@ pub async fn run(ctx: &Ctx) -> Section {
         outcomes.push((is_large, n, a, m));
     }
     for (is_large, n, a, m) in &outcomes {
-        let label = format!("{} group of {n}", if *is_large { "large" } else { "small" });
+        let label = format!(
+            "{} group of {}",
+            if *is_large { "large" } else { "small" },
+            n + 1
+        );
         rows_for(&label, a.done(), m.done(), &mut section.rows);
         for (who, run) in [("mqim", a.done()), ("Mosquitto", m.done())] {
             if let Some(o) = run {
@@ -532,19 +538,19 @@ pub async fn run(ctx: &Ctx) -> Section {
     h.note_failure(Kind::Mqim, ctx.require_mqim, &mut section);
     if let Some(o) = h.done() {
         section.rows.push(Row::plain(
-            &format!("large group of {huge} (offline): time to create (s)"),
+            &format!("large group of {} (offline): time to create (s)", huge + 1),
             o.create_secs,
             None,
             2,
         ));
         section.rows.push(Row::plain(
-            &format!("large group of {huge}: send → acknowledged p50 (ms)"),
+            &format!("large group of {}: send → acknowledged p50 (ms)", huge + 1),
             ms(&o.ack, 0.5),
             None,
             2,
         ));
         section.rows.push(Row::plain(
-            &format!("large group of {huge}: send → acknowledged max (ms)"),
+            &format!("large group of {}: send → acknowledged max (ms)", huge + 1),
             max_ms(&o.ack),
             None,
             2,
@@ -569,7 +575,7 @@ fn rows_for_cost(o: &FanOutcome, rows: &mut Vec<Row>) {
     rows.push(Row::plain(
         &format!(
             "small group of {}: bytes written to storage per message per member",
-            o.members
+            o.members + 1
         ),
         o.bytes_per_member_msg,
         None,
@@ -578,7 +584,7 @@ fn rows_for_cost(o: &FanOutcome, rows: &mut Vec<Row>) {
     rows.push(Row::plain(
         &format!(
             "small group of {}: send → acknowledged p50 per member (ms)",
-            o.members
+            o.members + 1
         ),
         ms(&o.ack, 0.5).map(|v| v / (o.members + 1) as f64),
         None,

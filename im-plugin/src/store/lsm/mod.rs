@@ -70,6 +70,8 @@ use super::{
 use crate::conversation::Conversation;
 
 mod group_reads;
+#[cfg(test)]
+mod group_tests;
 mod groups;
 mod inbox;
 mod keys;
