@@ -47,6 +47,38 @@ async fn a_user_sending_too_fast_gets_rate_limited_and_nothing_extra_is_stored()
 }
 
 #[tokio::test]
+async fn creating_groups_too_fast_is_rate_limited_like_sending() {
+    let b = Broker::start_with(&[("MQIM_MAX_SENDS_PER_SEC", "2"), ("MQIM_SEND_BURST", "5")]);
+    let mut spammer = Device::connect(&b, "spammer", "sp").await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            spammer
+                .request(json!({"groupCreate": {"name": format!("g{i}"), "members": ["bob"]}}))
+                .await,
+        );
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for id in &ids {
+        let r = spammer.reply(id).await;
+        if r.get("groupCreate").is_some() {
+            ok += 1;
+        } else {
+            assert_eq!(r["error"]["code"], "RATE_LIMITED", "{r}");
+            limited += 1;
+        }
+    }
+    assert!(limited > 0 && ok > 0, "ok {ok}, limited {limited}");
+    // Only the accepted ones exist: bob is in exactly that many groups.
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let r = bob.call(json!({"conversations": {"limit": 100}})).await;
+    let groups = r["conversations"]["conversations"]
+        .as_array()
+        .map_or(0, |l| l.len());
+    assert_eq!(groups, ok, "{r}");
+}
+
+#[tokio::test]
 async fn an_address_opening_connections_too_fast_is_refused() {
     let b = Broker::start_with(&[("MQIM_MAX_CONNECTS_PER_IP", "2")]);
     let mut refused = 0;

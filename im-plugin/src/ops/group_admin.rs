@@ -6,7 +6,7 @@
 //! [`run`] turns a change into one group entry: a copy of the event goes to every member before
 //! and after it in a small group, and to the members concerned (plus the one who made it) in a
 //! large one, whose other members hear of it live and in `groupSync`. A change is not deduped: a
-//! retried `groupCreate` creates a second group.
+//! retried `groupCreate` creates a second group. Changes count against the user's send rate.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -73,6 +73,11 @@ where
     A: FnOnce(GroupInfo) -> reply::Result + Send + 'static,
 {
     let actor = link.user().to_string();
+    // Every change is stored for good, like a message: it counts against the same rate, so no
+    // client can grow the store (and the registry) faster than it may send.
+    if let Err(e) = super::send::check_rate(plugin, &actor) {
+        return ready(e);
+    }
     let target = group.clone();
     let committed = commit(
         plugin,
