@@ -4,8 +4,8 @@
 //! Each is a rule (from `groups::policy`) that turns the group as of the writes enqueued so far
 //! into a [`Change`]: the `group` event to log, the group after it and the member rows to write.
 //! [`run`] turns a change into one group entry: a copy of the event goes to every member before
-//! and after it in a small group, and to the members concerned (plus the one who made it) in a
-//! large one, whose other members hear of it live and in `groupSync`. A change is not deduped: a
+//! and after it in a small group; in a large one to the one who made it and the members it
+//! removes or changes the role of, while the others hear of it live and in `groupSync`. A change is not deduped: a
 //! retried `groupCreate` creates a second group. Changes count against the user's send rate.
 
 use std::collections::BTreeSet;
@@ -89,8 +89,15 @@ where
             let large = c.after.meta.large;
             let mut owners: BTreeSet<String> = BTreeSet::new();
             if large {
-                owners.extend(c.members.iter().cloned());
+                // The one who made the change, and the members it takes out or whose role it
+                // changes (a removed member can no longer read the log: their stream is where
+                // they learn of it). Added members learn of it live and in `groupSync`: a copy
+                // listing 500 added members in each of their 500 streams would make one add
+                // cost as much as 250,000 events.
                 owners.insert(actor.clone());
+                if matches!(c.kind, "removed" | "left" | "role" | "transferred") {
+                    owners.extend(c.members.iter().cloned());
+                }
             } else {
                 owners.extend(c.after.members.keys().cloned());
                 if let Some(b) = before.as_deref() {
