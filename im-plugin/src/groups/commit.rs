@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use mqim_schemas::v1::{ErrorCode, Event};
+use mqim_schemas::v1::Event;
 
 use crate::delivery::{Batch, Delivery, FanOut};
 use crate::error::ImError;
@@ -38,11 +38,7 @@ where
     F: FnOnce(Option<Arc<GroupRecord>>, u64, i64) -> Result<Planned, ImError>,
 {
     match enqueue(plugin, group, requester, plan) {
-        Ok(task) => async move {
-            task.await
-                .unwrap_or_else(|e| Err(ImError::new(ErrorCode::Internal, e.to_string())))
-        }
-        .boxed(),
+        Ok(task) => crate::ops::joined(task),
         Err(e) => futures::future::ready(Err(e)).boxed(),
     }
 }

@@ -23,6 +23,21 @@ use crate::error::ImError;
 /// What an operation produces.
 pub type OpFuture = BoxFuture<'static, Result<reply::Result, ImError>>;
 
+/// The answer of an operation that runs on a task of its own (so a requester that goes away
+/// cannot cancel the delivery of what it committed); a task that panicked is `INTERNAL`.
+pub(crate) fn joined<T: Send + 'static>(
+    task: tokio::task::JoinHandle<Result<T, ImError>>,
+) -> BoxFuture<'static, Result<T, ImError>> {
+    Box::pin(async move {
+        task.await.unwrap_or_else(|e| {
+            Err(ImError::new(
+                mqim_schemas::v1::ErrorCode::Internal,
+                e.to_string(),
+            ))
+        })
+    })
+}
+
 /// Default and largest page of `conversations` and `history`.
 const DEFAULT_PAGE: u32 = 20;
 const MAX_PAGE: u32 = 100;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use mqim_schemas::v1::{reply, ErrorCode, ReadReply, ReadRequest};
+use mqim_schemas::v1::{reply, ReadReply, ReadRequest};
 
 use super::{parse_any_conversation, OpFuture};
 use crate::conversation::Conversation;
@@ -66,11 +66,7 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: ReadReques
             unread: outcome.unread,
         }))
     });
-    async move {
-        task.await
-            .unwrap_or_else(|e| Err(ImError::new(ErrorCode::Internal, e.to_string())))
-    }
-    .boxed()
+    super::joined(task)
 }
 
 /// A large group: the reader's position moves; their other devices get the event.
@@ -95,9 +91,5 @@ fn read_large(plugin: &Arc<ImPlugin>, user: String, group: &str, req: ReadReques
             unread: outcome.unread,
         }))
     });
-    async move {
-        task.await
-            .unwrap_or_else(|e| Err(ImError::new(ErrorCode::Internal, e.to_string())))
-    }
-    .boxed()
+    super::joined(task)
 }

@@ -61,11 +61,7 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
             SendOutcome::Duplicate(original) => Ok(sent(original)),
         }
     });
-    async move {
-        task.await
-            .unwrap_or_else(|e| Err(ImError::new(ErrorCode::Internal, e.to_string())))
-    }
-    .boxed()
+    super::joined(task)
 }
 
 /// The per-user send rate (one-to-one and group sends alike).
