@@ -26,6 +26,12 @@ pub struct Config {
     pub store: StoreConfig,
     /// Push notifications to devices that are not connected (no provider on by default).
     pub push: PushConfig,
+    /// The admin HTTP server: REST API, console, `/metrics`.
+    pub admin: AdminConfig,
+    /// The sensitive-word filter on sends.
+    pub moderation: mqim_im_plugin::moderation::ModerationConfig,
+    /// This node among others.
+    pub cluster: ClusterConfig,
     /// Access rules for topics outside `im/` (deny by default).
     pub acl: Vec<Rule>,
 }
@@ -60,6 +66,40 @@ pub struct MqttConfig {
     pub tls: Option<TlsConfig>,
 }
 
+/// The admin HTTP server (`[admin]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`, or `off`. Keep it on a private address: it is the operator's.
+    pub listen: String,
+    /// Require an admin token on `/metrics` too.
+    pub metrics_auth: bool,
+    /// Connections a drain closes per second.
+    pub drain_rate: u32,
+    /// Exit once a drain has closed every connection (false: stay up, drained).
+    pub exit_after_drain: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:18083".into(),
+            metrics_auth: false,
+            drain_rate: 500,
+            exit_after_drain: true,
+        }
+    }
+}
+
+/// This node among others (`[cluster]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` a drain sends MQTT 5 clients to (DISCONNECT 0x9C with Server Reference) when
+    /// the drain request names none.
+    pub redirect: Option<String>,
+}
+
 /// The TLS listener.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +120,9 @@ impl Default for Config {
             im: ImConfig::default(),
             store: StoreConfig::default(),
             push: PushConfig::default(),
+            admin: AdminConfig::default(),
+            moderation: Default::default(),
+            cluster: ClusterConfig::default(),
             acl: vec![Rule {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
@@ -192,8 +235,36 @@ impl Config {
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
+        if let Some(v) = get("MQIM_ADMIN_LISTEN") {
+            self.admin.listen = v;
+        }
+        if let Some(v) = get("MQIM_MODERATION_WORDS_FILE") {
+            self.moderation.words_file = Some(v.into());
+        }
+        if let Some(v) = get("MQIM_MODERATION_ACTION") {
+            self.moderation.action = v
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))
+                .context("MQIM_MODERATION_ACTION")?;
+        }
+        if let Some(v) = get("MQIM_CLUSTER_REDIRECT") {
+            self.cluster.redirect = Some(v);
+        }
+        if let Some(v) = get("MQIM_EXIT_AFTER_DRAIN") {
+            self.admin.exit_after_drain = matches!(v.as_str(), "1" | "true" | "yes");
+        }
         self.push.apply_env(&get)?;
         Ok(())
+    }
+
+    /// The admin listener's address, `None` when it is off.
+    pub fn admin_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.admin.listen.as_str() {
+            "" | "off" => Ok(None),
+            s => Ok(Some(s.parse().with_context(|| {
+                format!("admin.listen {s:?} is not host:port")
+            })?)),
+        }
     }
 
     pub fn listeners(&self) -> anyhow::Result<Listeners> {

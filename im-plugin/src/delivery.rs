@@ -47,7 +47,14 @@ impl DeliveryQueue {
                 if let Ok(deliveries) = slot.await {
                     for d in deliveries {
                         hooks.event_committed(&d.user, &d.event);
-                        presence.deliver(&d.user, d.event, d.exclude_conn);
+                        let sent_at = match &d.event.body {
+                            Some(mqim_schemas::v1::event::Body::Message(m)) => Some(m.ts),
+                            _ => None,
+                        };
+                        let n = presence.deliver(&d.user, d.event, d.exclude_conn);
+                        if let Some(o) = hooks.observer() {
+                            o.delivered(sent_at, n);
+                        }
                     }
                 }
             }

@@ -35,6 +35,8 @@ pub struct ImPlugin {
     pub(crate) deliveries: DeliveryQueue,
     pub(crate) send_limit: SendLimiter,
     pub(crate) hooks: Arc<Hooks>,
+    /// The sensitive-word filter on sends (empty until the broker loads a list).
+    pub(crate) moderation: crate::moderation::Moderation,
 }
 
 impl ImPlugin {
@@ -59,6 +61,7 @@ impl ImPlugin {
             deliveries: DeliveryQueue::start_with_hooks(presence.clone(), hooks.clone()),
             presence,
             hooks,
+            moderation: Default::default(),
         }))
     }
 
@@ -126,6 +129,10 @@ impl ImPlugin {
                 return futures::future::ready(()).boxed();
             }
         };
+        let observed = (
+            op.as_ref().map(crate::observe::op_name),
+            std::time::Instant::now(),
+        );
         let fut = match op {
             Some(Op::Send(r)) => ops::send::start(self, &link, r),
             Some(Op::Sync(r)) => ops::sync::start(self, &link, r),
@@ -140,8 +147,13 @@ impl ImPlugin {
             // decode_request rejects requests without an operation.
             None => return futures::future::ready(()).boxed(),
         };
+        let hooks = self.hooks.clone();
         async move {
-            let d = match fut.await {
+            let result = fut.await;
+            if let (Some(o), (Some(op), started)) = (hooks.observer(), observed) {
+                o.request(op, result.as_ref().err().map(|e| e.code), started.elapsed());
+            }
+            let d = match result {
                 Ok(result) => wire::reply(id, result),
                 Err(e) => wire::error_reply(id, &e),
             };

@@ -88,12 +88,26 @@ impl Presence {
     }
 
     /// Delivers `event` of `user`'s stream to every online device of the user except
-    /// `exclude_conn`.
-    pub fn deliver(&self, user: &str, event: Event, exclude_conn: Option<u64>) {
+    /// `exclude_conn`. Returns to how many devices it was queued.
+    pub fn deliver(&self, user: &str, event: Event, exclude_conn: Option<u64>) -> usize {
         let shard = self.shard(user).lock();
-        if let Some(e) = shard.get(user) {
-            send_to_devices(user, &e.devices, event, exclude_conn);
+        match shard.get(user) {
+            Some(e) => send_to_devices(user, &e.devices, event, exclude_conn),
+            None => 0,
         }
+    }
+
+    /// The devices of `user` online on this node: (device id, connection id).
+    pub fn devices(&self, user: &str) -> Vec<(String, u64)> {
+        self.shard(user)
+            .lock()
+            .get(user)
+            .map_or_else(Vec::new, |e| {
+                e.devices
+                    .iter()
+                    .map(|d| (d.device().to_string(), d.conn_id()))
+                    .collect()
+            })
     }
 }
 
@@ -102,9 +116,10 @@ fn send_to_devices(
     devices: &[Arc<dyn DeviceLink>],
     event: Event,
     exclude: Option<u64>,
-) {
+) -> usize {
     let downlink_msg = wire::event(event);
     let mut encoded: [Option<Bytes>; 2] = [None, None];
+    let mut queued = 0;
     for d in devices {
         if Some(d.conn_id()) == exclude {
             continue;
@@ -115,8 +130,11 @@ fn send_to_devices(
                 let payload = encoded[i]
                     .get_or_insert_with(|| wire::encode(format, &downlink_msg))
                     .clone();
-                d.deliver(&topic, payload);
+                if d.deliver(&topic, payload) {
+                    queued += 1;
+                }
             }
         }
     }
+    queued
 }

@@ -18,7 +18,7 @@ use crate::ImPlugin;
 
 /// Validates and starts a send from `link`'s user.
 pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendRequest) -> OpFuture {
-    let msg = match validate(plugin, link.user(), req) {
+    let msg = match validate(plugin, link.user(), req).and_then(|m| plugin.moderation.apply(m)) {
         Ok(m) => m,
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
