@@ -250,6 +250,9 @@ impl Config {
         if let Some(v) = get("MQIM_CLUSTER_REDIRECT") {
             self.cluster.redirect = Some(v);
         }
+        if let Some(v) = get("MQIM_ADMIN_METRICS_AUTH") {
+            self.admin.metrics_auth = matches!(v.as_str(), "1" | "true" | "yes");
+        }
         if let Some(v) = get("MQIM_EXIT_AFTER_DRAIN") {
             self.admin.exit_after_drain = matches!(v.as_str(), "1" | "true" | "yes");
         }

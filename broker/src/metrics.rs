@@ -115,6 +115,8 @@ impl Metrics {
             "Time from a message's acceptance to its live delivery",
             m.send_to_deliver.clone(),
         );
+        // Every connection series exists from the start (a scrape shows 0, not nothing).
+        m.connections_by_label();
         Metrics { registry: r, ..m }
     }
 

@@ -2,6 +2,7 @@
 //! driven by real MQTT clients (rumqttc, 3.1.1 or 5.0, TCP or WebSocket).
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod raw;
 pub mod v5client;
 
@@ -69,6 +70,8 @@ pub struct Broker {
     pub ws_port: u16,
     /// Set when the broker was started with a TLS listener.
     pub tls_port: Option<u16>,
+    /// The admin HTTP listener (on unless `MQIM_ADMIN_LISTEN=off`).
+    pub admin_port: Option<u16>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -85,6 +88,7 @@ impl Broker {
             mqtt_port: 0,
             ws_port: 0,
             tls_port: None,
+            admin_port: None,
             extra_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -100,6 +104,7 @@ impl Broker {
             .env("MQIM_DATA_DIR", self.dir.path())
             .env("MQIM_MQTT_LISTEN", "127.0.0.1:0")
             .env("MQIM_WS_LISTEN", "127.0.0.1:0")
+            .env("MQIM_ADMIN_LISTEN", "127.0.0.1:0")
             .env("MQIM_AUTH_HS256_SECRET", SECRET)
             // Most tests send faster than a person; the rate-limit tests turn it back on.
             .env("MQIM_MAX_SENDS_PER_SEC", "0")
@@ -128,11 +133,14 @@ impl Broker {
         };
         self.mqtt_port = port("mqtt=");
         self.ws_port = port("ws=");
-        self.tls_port = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("tls="))
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.trim().parse().ok());
+        let optional_port = |key: &str| -> Option<u16> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.trim().parse().ok())
+        };
+        self.tls_port = optional_port("tls=");
+        self.admin_port = optional_port("admin=");
         self.child = Some(child);
     }
 
@@ -159,6 +167,20 @@ impl Broker {
         let _ = c.kill();
         let _ = c.wait();
         false
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its exit status's success.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<bool> {
+        let deadline = std::time::Instant::now() + within;
+        let c = self.child.as_mut()?;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Starts again on the same data dir (new ports).
