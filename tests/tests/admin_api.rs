@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::admin::{admin_token, Api};
 use common::raw::{ConnectOpts, Raw};
 use common::{token, Broker, Device, Proto, WAIT};
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[tokio::test]
 async fn admin_endpoints_refuse_missing_ordinary_and_expired_tokens() {
