@@ -44,6 +44,8 @@ pub struct MqttConfig {
     pub listen: String,
     /// MQTT over WebSocket on path `/mqtt`; empty disables it.
     pub ws_listen: String,
+    /// Serve the demo chat page at `/` on the WebSocket listener.
+    pub demo_page: bool,
     pub max_packet_size: usize,
     pub max_connections: usize,
     pub outbox_limit: usize,
@@ -138,6 +140,7 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: "0.0.0.0:1883".into(),
             ws_listen: "0.0.0.0:8083".into(),
+            demo_page: true,
             max_packet_size: 256 * 1024,
             max_connections: 200_000,
             outbox_limit: 1024,
@@ -235,6 +238,9 @@ impl Config {
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
+        if let Some(v) = get("MQIM_DEMO_PAGE") {
+            self.mqtt.demo_page = matches!(v.as_str(), "1" | "true" | "yes");
+        }
         if let Some(v) = get("MQIM_ADMIN_LISTEN") {
             self.admin.listen = v;
         }
@@ -311,6 +317,7 @@ impl Config {
             max_subscriptions: m.max_subscriptions,
             state_file: m.persistence.then(|| self.data_dir.join("general-state")),
             connects_per_ip_per_sec: m.max_connects_per_ip_per_sec,
+            demo_page: m.demo_page,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Limits {
     pub state_file: Option<std::path::PathBuf>,
     /// New connections per second from one IP address (0: unlimited), bursts of twice that.
     pub connects_per_ip_per_sec: u32,
+    /// Serve the demo chat page at `/` on the WebSocket listener.
+    pub demo_page: bool,
 }
 
 /// Where the server listens.
@@ -364,6 +366,11 @@ async fn serve_socket(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, 
 }
 
 async fn serve_ws(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if shared.limits.demo_page
+        && crate::transport::serve_page(&stream, shared.limits.connect_timeout).await
+    {
+        return;
+    }
     match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
         Ok(io) => crate::connection::serve(shared, io, peer, TransportKind::Ws).await,
         Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),

@@ -6,41 +6,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::admin::admin_token;
+use common::browser::{run_browser_script, target_dir};
 use common::{token, Broker, Device, Proto, WAIT};
-
-fn target_dir() -> PathBuf {
-    std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// Runs a browser script from `tests/browser/` with `env`; panics with its output on failure.
-pub async fn run_browser_script(script: &str, env: &[(&str, String)]) -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser");
-    assert!(
-        dir.join("node_modules/playwright-core").exists() && PathBuf::from("/usr/bin/chromium").exists(),
-        "the browser tests need Debian's chromium and playwright-core in tests/browser: run scripts/test (it installs both)"
-    );
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script).current_dir(&dir);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
-        .await
-        .expect("the browser script finished in time")
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 #[tokio::test]
 async fn an_operator_logs_in_kicks_and_bans_from_the_console() {
@@ -55,7 +23,10 @@ async fn an_operator_logs_in_kicks_and_bans_from_the_console() {
     let out = run_browser_script(
         "console.mjs",
         &[
-            ("CONSOLE_URL", format!("http://127.0.0.1:{}/", b.admin_port.unwrap())),
+            (
+                "CONSOLE_URL",
+                format!("http://127.0.0.1:{}/", b.admin_port.unwrap()),
+            ),
             ("ADMIN_TOKEN", admin_token("root", 600)),
             ("SCREENSHOT", shot.display().to_string()),
         ],
@@ -64,12 +35,24 @@ async fn an_operator_logs_in_kicks_and_bans_from_the_console() {
     assert!(out.contains("step: system message sent"), "{out}");
 
     // What the MQTT side saw.
-    assert!(alice.closed_by_server(WAIT).await, "the kicked client is still connected");
-    assert!(bob.closed_by_server(WAIT).await, "the banned user is still connected");
+    assert!(
+        alice.closed_by_server(WAIT).await,
+        "the kicked client is still connected"
+    );
+    assert!(
+        bob.closed_by_server(WAIT).await,
+        "the banned user is still connected"
+    );
     let refused = Device::connect_raw(&b, "bob", "laptop", &token("bob", 60), Proto::V5).await;
-    assert!(refused.is_err_and(|e| e.contains("Banned")), "bob's CONNECT was not refused as banned");
+    assert!(
+        refused.is_err_and(|e| e.contains("Banned")),
+        "bob's CONNECT was not refused as banned"
+    );
     let mut carol = Device::connect(&b, "carol", "phone").await;
     let (events, _) = carol.sync(0, 10).await;
     assert_eq!(events[0]["message"]["text"], "hello from the console");
-    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000), "no screenshot");
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 10_000),
+        "no screenshot"
+    );
 }

@@ -70,7 +70,11 @@ async fn drain_redirects_mqtt5_clients_closes_the_others_and_loses_nothing_ackno
     // The 5.0 client is sent to the other node, and gets in there.
     let got = erin.until_closed().await;
     let (kind, body) = got.last().expect("a DISCONNECT before the close");
-    assert_eq!((*kind, body[0]), (0xe0, 0x9c), "use another server: {got:02x?}");
+    assert_eq!(
+        (*kind, body[0]),
+        (0xe0, 0x9c),
+        "use another server: {got:02x?}"
+    );
     assert_eq!(server_reference(body).as_deref(), Some(redirect.as_str()));
     let (_there, ack) = Raw::connect(&other, &v5_opts("tablet", "erin", &t)).await;
     assert_eq!(ack[1], 0);
@@ -106,14 +110,30 @@ async fn a_drain_without_redirect_says_shutting_down_and_can_leave_the_node_up()
     let api = Api::new(&a).await;
     let t = token("erin", 3600);
     let (mut erin, _) = Raw::connect(&a, &v5_opts("tablet", "erin", &t)).await;
-    for bad in [json!({"redirect": "nope"}), json!({"rate": 0}), json!({"rat": 1})] {
+    for bad in [
+        json!({"redirect": "nope"}),
+        json!({"rate": 0}),
+        json!({"rat": 1}),
+    ] {
         let (s, v) = api.post("/api/v1/drain", bad.clone()).await;
-        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{bad}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (400, Some("INVALID_ARGUMENT")),
+            "{bad}"
+        );
     }
     let (s, v) = api.post_raw("/api/v1/drain", "").await;
-    assert_eq!((s, v["exit_when_done"].as_bool()), (202, Some(false)), "{v}");
+    assert_eq!(
+        (s, v["exit_when_done"].as_bool()),
+        (202, Some(false)),
+        "{v}"
+    );
     let got = erin.until_closed().await;
-    assert_eq!(got.last(), Some(&(0xe0, vec![0x8b])), "server shutting down: {got:02x?}");
+    assert_eq!(
+        got.last(),
+        Some(&(0xe0, vec![0x8b])),
+        "server shutting down: {got:02x?}"
+    );
     // Still up, drained: the API answers, readyz says why it is not ready.
     assert_eq!(a.wait_exit(Duration::from_secs(2)), None);
     let (s, v) = api.get("/api/v1/stats").await;
