@@ -80,6 +80,16 @@ pub struct AdminConfig {
     pub drain_rate: u32,
     /// Exit once a drain has closed every connection (false: stay up, drained).
     pub exit_after_drain: bool,
+    /// Serve HTTPS with this certificate (PEM); off unless configured.
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// The admin listener's certificate (`[admin.tls]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -89,6 +99,7 @@ impl Default for AdminConfig {
             metrics_auth: false,
             drain_rate: 500,
             exit_after_drain: true,
+            tls: None,
         }
     }
 }
@@ -256,6 +267,15 @@ impl Config {
         if let Some(v) = get("MQIM_CLUSTER_REDIRECT") {
             self.cluster.redirect = Some(v);
         }
+        if let (Some(cert), Some(key)) = (
+            get("MQIM_ADMIN_TLS_CERT_FILE"),
+            get("MQIM_ADMIN_TLS_KEY_FILE"),
+        ) {
+            self.admin.tls = Some(AdminTlsConfig {
+                cert_file: cert.into(),
+                key_file: key.into(),
+            });
+        }
         if let Some(v) = get("MQIM_ADMIN_METRICS_AUTH") {
             self.admin.metrics_auth = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -264,6 +284,14 @@ impl Config {
         }
         self.push.apply_env(&get)?;
         Ok(())
+    }
+
+    /// The admin listener's TLS acceptor, when `[admin.tls]` is set.
+    pub fn admin_tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match &self.admin.tls {
+            Some(t) => Ok(Some(crate::tls::acceptor(&t.cert_file, &t.key_file)?)),
+            None => Ok(None),
+        }
     }
 
     /// The admin listener's address, `None` when it is off.

@@ -153,7 +153,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let admin_task = admin_listener.map(|l| tokio::spawn(admin::serve(l, admin_state.clone())));
+    let admin_tls = cfg.admin_tls()?;
+    let admin_scheme = if admin_tls.is_some() { "https" } else { "http" };
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, admin_tls, admin_state.clone())));
+    if let Some(a) = admin_addr {
+        info!("admin console and API at {admin_scheme}://{a}/");
+    }
     let (mqtt, ws, tls) = server.local_addrs();
     let show =
         |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());

@@ -520,3 +520,49 @@ async fn moderation_rejects_or_masks_listed_words_whatever_their_spelling() {
         "stored masked"
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_serves_https_with_a_configured_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let b = Broker::start_with(&[
+        ("MQIM_ADMIN_TLS_CERT_FILE", cert_path.to_str().unwrap()),
+        ("MQIM_ADMIN_TLS_KEY_FILE", key_path.to_str().unwrap()),
+    ]);
+    let port = b.admin_port.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let t = admin_token("root", 60);
+    tls.write_all(
+        format!("GET /api/v1/stats HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {t}\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    let _ = tls.read_to_string(&mut resp).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"store\":\"embedded\""), "{resp}");
+    // Plain HTTP gets no API answer there.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/healthz")).await;
+    assert!(plain.is_err(), "plain HTTP was served on the TLS listener");
+}

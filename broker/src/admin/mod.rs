@@ -6,7 +6,7 @@
 //! shape and the extractors that produce it), `stats` (`/stats` and its rate sampler),
 //! `clients` (online connections, kick), `users` (a user's state, ban/unban), `messages`
 //! (system messages), `node` (drain, health, moderation reload, `/metrics`), `openapi` (the
-//! document), `console` (the embedded web console).
+//! document), `console` (the embedded web console), `tls` (optional HTTPS).
 
 mod auth;
 mod clients;
@@ -16,6 +16,7 @@ mod messages;
 mod node;
 mod openapi;
 mod stats;
+mod tls;
 mod users;
 
 use std::net::SocketAddr;
@@ -121,9 +122,22 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("admin listener {addr}: {e}"))
 }
 
-/// Serves the admin application on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, state: AdminState) {
-    if let Err(e) = axum::serve(listener, router(state)).await {
+/// Serves the admin application on `listener` (HTTPS when `tls` is given) until the task is
+/// aborted.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: AdminState,
+) {
+    let app = router(state);
+    let result = match tls {
+        None => axum::serve(listener, app).await,
+        Some(acceptor) => match tls::TlsListener::new(listener, acceptor) {
+            Ok(l) => axum::serve(l, app).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
         tracing::warn!(error = %e, "admin server stopped");
     }
 }
