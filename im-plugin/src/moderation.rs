@@ -125,9 +125,8 @@ fn compile(path: &Path, action: Action) -> anyhow::Result<Filter> {
 
 impl Filter {
     fn check(&self, text: String) -> Result<String, ImError> {
-        let (norm, origin) = normalise(&text);
-        let mut matches = self.automaton.find_iter(&norm).peekable();
-        if matches.peek().is_none() {
+        // The common case, clean text, pays for one normalised copy and one scan.
+        if !self.automaton.is_match(matching_form(&text).as_ref()) {
             return Ok(text);
         }
         if self.action == Action::Reject {
@@ -136,9 +135,10 @@ impl Filter {
                 "the message contains a word this server does not accept",
             ));
         }
+        let (norm, origin) = normalise(&text);
         // Original character indexes to mask.
         let mut masked = vec![false; text.chars().count()];
-        for m in matches {
+        for m in self.automaton.find_iter(&norm) {
             let (first, last) = (origin[m.start()], origin[m.end() - 1]);
             masked[first..=last].iter_mut().for_each(|x| *x = true);
         }
@@ -156,6 +156,17 @@ fn invisible(c: char) -> bool {
         c,
         '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
     )
+}
+
+/// The matching form of `s` (what [`normalise`] gives, without the origin map).
+fn matching_form(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    if s.is_ascii() {
+        return std::borrow::Cow::Owned(s.to_ascii_lowercase());
+    }
+    std::borrow::Cow::Owned(normalise(s).0)
 }
 
 /// The matching form of `s`, and for each of its bytes the index of the character of `s` it
