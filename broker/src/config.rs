@@ -202,7 +202,7 @@ impl Config {
             self.im.node_id = v.parse().context("MQIM_NODE_ID")?;
         }
         if let Some(v) = get("MQIM_ALLOW_ANONYMOUS") {
-            self.mqtt.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes");
+            self.mqtt.allow_anonymous = flag(&v);
         }
         if let (Some(listen), Some(cert), Some(key)) = (
             get("MQIM_TLS_LISTEN"),
@@ -250,7 +250,7 @@ impl Config {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
         if let Some(v) = get("MQIM_DEMO_PAGE") {
-            self.mqtt.demo_page = matches!(v.as_str(), "1" | "true" | "yes");
+            self.mqtt.demo_page = flag(&v);
         }
         if let Some(v) = get("MQIM_ADMIN_LISTEN") {
             self.admin.listen = v;
@@ -277,10 +277,10 @@ impl Config {
             });
         }
         if let Some(v) = get("MQIM_ADMIN_METRICS_AUTH") {
-            self.admin.metrics_auth = matches!(v.as_str(), "1" | "true" | "yes");
+            self.admin.metrics_auth = flag(&v);
         }
         if let Some(v) = get("MQIM_EXIT_AFTER_DRAIN") {
-            self.admin.exit_after_drain = matches!(v.as_str(), "1" | "true" | "yes");
+            self.admin.exit_after_drain = flag(&v);
         }
         self.push.apply_env(&get)?;
         Ok(())
@@ -362,6 +362,11 @@ impl Config {
         c.push = c.push.redacted();
         toml::to_string(&c).unwrap_or_default()
     }
+}
+
+/// An on/off environment value: `1`, `true` or `yes` is on.
+fn flag(v: &str) -> bool {
+    matches!(v, "1" | "true" | "yes")
 }
 
 /// `redis://user:secret@host/` -> `redis://user:***@host/`.

@@ -75,30 +75,33 @@ impl Authenticator {
             return Err(AuthError::BadUserId);
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
-        let mut last = AuthError::Missing;
-        for (key, alg) in &self.keys {
-            let mut v = Validation::new(*alg);
-            v.leeway = 0;
-            v.set_required_spec_claims(&["exp", "sub"]);
-            match decode::<Claims>(token, key, &v) {
-                Ok(data) if data.claims.sub == user => return Ok(()),
-                Ok(data) => return Err(AuthError::WrongUser(data.claims.sub)),
-                Err(e) => last = AuthError::Invalid(e.to_string()),
-            }
+        let claims = self.decode(token)?;
+        if claims.sub == user {
+            Ok(())
+        } else {
+            Err(AuthError::WrongUser(claims.sub))
         }
-        Err(last)
     }
 
     /// Checks an admin token (claim `adm: true`, valid now); returns the admin's name.
     pub fn verify_admin(&self, token: &str) -> Result<String, AuthError> {
+        let claims = self.decode(token)?;
+        if claims.adm {
+            Ok(claims.sub)
+        } else {
+            Err(AuthError::NotAdmin)
+        }
+    }
+
+    /// The claims of a token that one of the keys signed and that is valid now.
+    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
         let mut last = AuthError::Missing;
         for (key, alg) in &self.keys {
             let mut v = Validation::new(*alg);
             v.leeway = 0;
             v.set_required_spec_claims(&["exp", "sub"]);
             match decode::<Claims>(token, key, &v) {
-                Ok(data) if data.claims.adm => return Ok(data.claims.sub),
-                Ok(_) => return Err(AuthError::NotAdmin),
+                Ok(data) => return Ok(data.claims),
                 Err(e) => last = AuthError::Invalid(e.to_string()),
             }
         }

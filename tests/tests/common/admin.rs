@@ -8,16 +8,7 @@ use super::{Broker, SECRET};
 
 /// An admin JWT for `name` valid for `ttl_secs` (negative: expired), signed with the test secret.
 pub fn admin_token(name: &str, ttl_secs: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": name, "exp": now + ttl_secs, "adm": true}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    super::sign(json!({"sub": name, "adm": true}), ttl_secs, SECRET)
 }
 
 /// A client of one broker's admin API.

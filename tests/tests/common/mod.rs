@@ -209,13 +209,19 @@ pub fn token(user: &str, ttl_secs: i64) -> String {
 }
 
 pub fn token_signed(user: &str, ttl_secs: i64, secret: &str) -> String {
+    sign(json!({"sub": user}), ttl_secs, secret)
+}
+
+/// A JWT with `claims` plus an `exp` `ttl_secs` from now, signed HS256 with `secret`.
+pub fn sign(mut claims: Value, ttl_secs: i64, secret: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
+    claims["exp"] = json!(now + ttl_secs);
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": now + ttl_secs}),
+        &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
