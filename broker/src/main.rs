@@ -133,6 +133,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::new(ImExtension::new(plugin.clone(), bans.clone())),
     )
     .await?;
+    let control = server.control();
+    bans.on_new_ban(Box::new(move |user| {
+        let closed = control.close_user(user, None);
+        info!(user, closed, "banned on another node: connections closed");
+    }));
     let admin_state = AdminState::new(
         server.control(),
         plugin.clone(),

@@ -7,7 +7,9 @@
 //! - the scale-out stores: a Redis hash `<key_prefix>:bans` (user -> JSON ban) that every node
 //!   re-reads every [`REFRESH`], so a ban made on one node reaches the others' CONNECTs within it.
 //!
-//! It owns the ban list and nothing else: closing live connections is the caller's job.
+//! It owns the ban list and nothing else: closing live connections is the caller's job (the
+//! node that bans closes its own; the others are told of bans they read through
+//! [`BanStore::on_new_ban`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,10 +53,14 @@ enum Backend {
     },
 }
 
+/// Called with a user whom another node banned (seen at a refresh).
+pub type BanListener = Box<dyn Fn(&str) + Send + Sync>;
+
 /// The ban list of this deployment.
 pub struct BanStore {
     map: RwLock<HashMap<String, Ban>>,
     backend: Backend,
+    listener: std::sync::OnceLock<BanListener>,
 }
 
 impl BanStore {
@@ -70,6 +76,7 @@ impl BanStore {
         Ok(Arc::new(BanStore {
             map: RwLock::new(map),
             backend: Backend::File(path),
+            listener: std::sync::OnceLock::new(),
         }))
     }
 
@@ -91,6 +98,7 @@ impl BanStore {
                 conn,
                 key: format!("{}:bans", cfg.key_prefix),
             },
+            listener: std::sync::OnceLock::new(),
         });
         store.refresh().await?;
         let weak = Arc::downgrade(&store);
@@ -105,6 +113,12 @@ impl BanStore {
             }
         });
         Ok(store)
+    }
+
+    /// Registers what to do when a refresh finds a ban this node did not make (close the
+    /// user's connections here). Once; false if one was set.
+    pub fn on_new_ban(&self, f: BanListener) -> bool {
+        self.listener.set(f).is_ok()
     }
 
     /// The ban on `user` that applies now, if any.
@@ -193,11 +207,24 @@ impl BanStore {
             .query_async(&mut c)
             .await
             .map_err(StoreError::new)?;
-        let map = raw
+        let map: HashMap<String, Ban> = raw
             .into_iter()
             .filter_map(|(u, j)| serde_json::from_str(&j).ok().map(|b| (u, b)))
             .collect();
+        let now = crate::now_ms();
+        let new: Vec<String> = {
+            let old = self.map.read();
+            map.iter()
+                .filter(|(u, b)| b.active(now) && old.get(*u) != Some(*b))
+                .map(|(u, _)| u.clone())
+                .collect()
+        };
         *self.map.write() = map;
+        if let Some(f) = self.listener.get() {
+            for user in new {
+                f(&user);
+            }
+        }
         Ok(())
     }
 }

@@ -8,7 +8,8 @@
 //! the claimed tree means.
 //!
 //! Files: `mod.rs` the handshake and the main loop; `publish.rs` publishes in both directions
-//! and the will; `subscribe.rs` SUBSCRIBE and UNSUBSCRIBE.
+//! and the will; `subscribe.rs` SUBSCRIBE and UNSUBSCRIBE; `close.rs` closing (the DISCONNECT
+//! sent, and answering the publishes in progress before a server-side close).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use crate::router::{Outbound, RSession};
 use crate::server::Shared;
 use crate::session::{ConnMeta, Principal, Session, TransportKind};
 
+mod close;
 mod publish;
 mod subscribe;
 
@@ -40,8 +42,6 @@ const DRAIN_BATCH: usize = 64;
 const KEEP_BUFFER: usize = 16 * 1024;
 /// Highest topic alias a 5.0 client may use (announced in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 32;
-/// Longest a server-side close waits for the publishes in progress to be handled.
-const FINISH_PENDING: Duration = Duration::from_secs(5);
 /// Longest client id accepted, in bytes; the README's rule for device ids.
 pub const MAX_CLIENT_ID: usize = 128;
 
@@ -548,60 +548,6 @@ where
             self.wbuf.clear();
         }
         let _ = self.writer.flush().await;
-    }
-
-    /// Protocol-level close: tell a 5.0 client why, then end as abnormal (will is published).
-    async fn close_with(&mut self, reason: DisconnectReason) -> End {
-        self.flush().await;
-        self.send_now(Outgoing::Disconnect(reason)).await;
-        End::Abnormal
-    }
-
-    async fn close_with_server(&mut self, reason: DisconnectReason) -> End {
-        self.flush().await;
-        let farewell = self.shared.farewell(reason);
-        self.send_now(farewell).await;
-        End::Server
-    }
-
-    /// Queues the acknowledgement of a handled publish.
-    fn write_ack(&mut self, st: &mut State, pkid: u16, qos: QoS, reason: AckReason) {
-        let ack = match qos {
-            // A QoS 0 request is not acknowledged; it only held its place in the
-            // connection's limit until it was handled.
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => Some(Outgoing::PubAck { pkid, reason }),
-            QoS::ExactlyOnce => Some(Outgoing::PubRec { pkid, reason }),
-        };
-        if let Some(ack) = ack {
-            st.qos_pending = st.qos_pending.saturating_sub(1);
-            let _ = self.version.write(ack, &mut self.wbuf);
-        }
-    }
-
-    /// Before a server-side close: waits (up to [`FINISH_PENDING`]) for the publishes being
-    /// handled and queues their acknowledgements and what they put in the outbox (the replies),
-    /// so a drained client is told about everything that was stored.
-    async fn finish_pending(&mut self, st: &mut State) {
-        let deadline = Instant::now() + FINISH_PENDING;
-        while st.acks.as_ref().is_some_and(|a| !a.is_empty()) {
-            match tokio::time::timeout_at(deadline, next_ack(&mut st.acks)).await {
-                Ok(Some((pkid, qos, reason))) => self.write_ack(st, pkid, qos, reason),
-                _ => break,
-            }
-        }
-        let mut rest = Vec::new();
-        st.session.drain(usize::MAX, &mut rest);
-        for d in rest {
-            match d {
-                d @ crate::session::Delivery::Publish { .. } => {
-                    let _ = self.encode_delivery(st, d);
-                }
-                // General messages go back: the close hands them to the router's session.
-                d @ crate::session::Delivery::General(_) => st.session.push_resumed(d),
-                crate::session::Delivery::Close(_) => {}
-            }
-        }
     }
 
     /// Handles one packet; `Some` ends the connection.
