@@ -442,9 +442,15 @@ async fn stats_and_metrics_count_connections_messages_and_refusals() {
     assert!(text.contains("mqim_outbox_disconnects_total 0"), "{text}");
 
     alice.disconnect().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, v) = api.get("/api/v1/stats").await;
-    assert_eq!(v["connections_total"], 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, v) = api.get("/api/v1/stats").await;
+        if v["connections_total"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still counted: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
