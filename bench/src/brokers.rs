@@ -236,6 +236,8 @@ impl Broker {
                     .env("MQIM_DATA_DIR", self.data_dir())
                     .env("MQIM_MQTT_LISTEN", format!("127.0.0.1:{}", self.port))
                     .env("MQIM_WS_LISTEN", format!("127.0.0.1:{}", self.ws_port))
+                    // Benchmarks measure MQTT; two instances must not contend for one port.
+                    .env("MQIM_ADMIN_LISTEN", "off")
                     .env(
                         "MQIM_AUTH_HS256_SECRET",
                         self.spec.auth.secret.clone().unwrap_or_default(),

@@ -26,6 +26,12 @@ pub struct Config {
     pub store: StoreConfig,
     /// Push notifications to devices that are not connected (no provider on by default).
     pub push: PushConfig,
+    /// The admin HTTP server: REST API, console, `/metrics`.
+    pub admin: AdminConfig,
+    /// The sensitive-word filter on sends.
+    pub moderation: mqim_im_plugin::moderation::ModerationConfig,
+    /// This node among others.
+    pub cluster: ClusterConfig,
     /// Access rules for topics outside `im/` (deny by default).
     pub acl: Vec<Rule>,
 }
@@ -38,6 +44,8 @@ pub struct MqttConfig {
     pub listen: String,
     /// MQTT over WebSocket on path `/mqtt`; empty disables it.
     pub ws_listen: String,
+    /// Serve the demo chat page at `/` on the WebSocket listener.
+    pub demo_page: bool,
     pub max_packet_size: usize,
     pub max_connections: usize,
     pub outbox_limit: usize,
@@ -60,6 +68,51 @@ pub struct MqttConfig {
     pub tls: Option<TlsConfig>,
 }
 
+/// The admin HTTP server (`[admin]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port`, or `off`. Keep it on a private address: it is the operator's.
+    pub listen: String,
+    /// Require an admin token on `/metrics` too.
+    pub metrics_auth: bool,
+    /// Connections a drain closes per second.
+    pub drain_rate: u32,
+    /// Exit once a drain has closed every connection (false: stay up, drained).
+    pub exit_after_drain: bool,
+    /// Serve HTTPS with this certificate (PEM); off unless configured.
+    pub tls: Option<AdminTlsConfig>,
+}
+
+/// The admin listener's certificate (`[admin.tls]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:18083".into(),
+            metrics_auth: false,
+            drain_rate: 500,
+            exit_after_drain: true,
+            tls: None,
+        }
+    }
+}
+
+/// This node among others (`[cluster]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `host:port` a drain sends MQTT 5 clients to (DISCONNECT 0x9C with Server Reference) when
+    /// the drain request names none.
+    pub redirect: Option<String>,
+}
+
 /// The TLS listener.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -80,6 +133,9 @@ impl Default for Config {
             im: ImConfig::default(),
             store: StoreConfig::default(),
             push: PushConfig::default(),
+            admin: AdminConfig::default(),
+            moderation: Default::default(),
+            cluster: ClusterConfig::default(),
             acl: vec![Rule {
                 user: "*".into(),
                 topic: "users/%u/#".into(),
@@ -95,6 +151,7 @@ impl Default for MqttConfig {
         MqttConfig {
             listen: "0.0.0.0:1883".into(),
             ws_listen: "0.0.0.0:8083".into(),
+            demo_page: true,
             max_packet_size: 256 * 1024,
             max_connections: 200_000,
             outbox_limit: 1024,
@@ -145,7 +202,7 @@ impl Config {
             self.im.node_id = v.parse().context("MQIM_NODE_ID")?;
         }
         if let Some(v) = get("MQIM_ALLOW_ANONYMOUS") {
-            self.mqtt.allow_anonymous = matches!(v.as_str(), "1" | "true" | "yes");
+            self.mqtt.allow_anonymous = flag(&v);
         }
         if let (Some(listen), Some(cert), Some(key)) = (
             get("MQIM_TLS_LISTEN"),
@@ -192,8 +249,59 @@ impl Config {
         if let Some(v) = get("MQIM_MAX_PACKET_SIZE") {
             self.mqtt.max_packet_size = v.parse().context("MQIM_MAX_PACKET_SIZE")?;
         }
+        if let Some(v) = get("MQIM_DEMO_PAGE") {
+            self.mqtt.demo_page = flag(&v);
+        }
+        if let Some(v) = get("MQIM_ADMIN_LISTEN") {
+            self.admin.listen = v;
+        }
+        if let Some(v) = get("MQIM_MODERATION_WORDS_FILE") {
+            self.moderation.words_file = Some(v.into());
+        }
+        if let Some(v) = get("MQIM_MODERATION_ACTION") {
+            self.moderation.action = v
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))
+                .context("MQIM_MODERATION_ACTION")?;
+        }
+        if let Some(v) = get("MQIM_CLUSTER_REDIRECT") {
+            self.cluster.redirect = Some(v);
+        }
+        if let (Some(cert), Some(key)) = (
+            get("MQIM_ADMIN_TLS_CERT_FILE"),
+            get("MQIM_ADMIN_TLS_KEY_FILE"),
+        ) {
+            self.admin.tls = Some(AdminTlsConfig {
+                cert_file: cert.into(),
+                key_file: key.into(),
+            });
+        }
+        if let Some(v) = get("MQIM_ADMIN_METRICS_AUTH") {
+            self.admin.metrics_auth = flag(&v);
+        }
+        if let Some(v) = get("MQIM_EXIT_AFTER_DRAIN") {
+            self.admin.exit_after_drain = flag(&v);
+        }
         self.push.apply_env(&get)?;
         Ok(())
+    }
+
+    /// The admin listener's TLS acceptor, when `[admin.tls]` is set.
+    pub fn admin_tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match &self.admin.tls {
+            Some(t) => Ok(Some(crate::tls::acceptor(&t.cert_file, &t.key_file)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The admin listener's address, `None` when it is off.
+    pub fn admin_listen(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.admin.listen.as_str() {
+            "" | "off" => Ok(None),
+            s => Ok(Some(s.parse().with_context(|| {
+                format!("admin.listen {s:?} is not host:port")
+            })?)),
+        }
     }
 
     pub fn listeners(&self) -> anyhow::Result<Listeners> {
@@ -237,6 +345,7 @@ impl Config {
             max_subscriptions: m.max_subscriptions,
             state_file: m.persistence.then(|| self.data_dir.join("general-state")),
             connects_per_ip_per_sec: m.max_connects_per_ip_per_sec,
+            demo_page: m.demo_page,
         }
     }
 
@@ -253,6 +362,11 @@ impl Config {
         c.push = c.push.redacted();
         toml::to_string(&c).unwrap_or_default()
     }
+}
+
+/// An on/off environment value: `1`, `true` or `yes` is on.
+fn flag(v: &str) -> bool {
+    matches!(v, "1" | "true" | "yes")
 }
 
 /// `redis://user:secret@host/` -> `redis://user:***@host/`.

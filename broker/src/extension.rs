@@ -32,6 +32,8 @@ pub enum AuthDecision {
     Anonymous,
     /// Credentials were given and are wrong, expired or for someone else.
     Denied(String),
+    /// The user is banned (5.0 CONNACK 0x8A; 3.1.1 "not authorized").
+    Banned(String),
 }
 
 /// Result of handling a publish in the claimed tree; decides the PUBACK (5.0 reason code).

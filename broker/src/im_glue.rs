@@ -7,8 +7,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use mqim_im_plugin::bans::BanStore;
+use mqim_im_plugin::observe::Observer;
 use mqim_im_plugin::presence::DeviceLink;
 use mqim_im_plugin::{topics, ImPlugin};
+use mqim_schemas::v1::ErrorCode;
 use tracing::info;
 
 use crate::extension::{AuthDecision, ConnectInfo, Extension, PublishOutcome};
@@ -17,11 +20,50 @@ use crate::session::Session;
 /// The IM service as a broker extension.
 pub struct ImExtension {
     plugin: Arc<ImPlugin>,
+    bans: Arc<BanStore>,
 }
 
 impl ImExtension {
-    pub fn new(plugin: Arc<ImPlugin>) -> Self {
-        ImExtension { plugin }
+    /// The IM service, refusing the users `bans` lists.
+    pub fn new(plugin: Arc<ImPlugin>, bans: Arc<BanStore>) -> Self {
+        ImExtension { plugin, bans }
+    }
+}
+
+/// The IM layer's requests and deliveries, counted in the broker's metrics.
+pub struct MetricsObserver;
+
+impl Observer for MetricsObserver {
+    fn request(&self, op: &'static str, error: Option<ErrorCode>, elapsed: std::time::Duration) {
+        let m = crate::metrics::get();
+        let result = error.map_or("ok", |c| c.as_str_name());
+        m.requests
+            .get_or_create(&[("op", op), ("result", result)])
+            .inc();
+        if op == "send" {
+            match error {
+                None => {
+                    m.messages_received.inc();
+                    m.store_commit.observe(elapsed);
+                }
+                Some(ErrorCode::RateLimited) => {
+                    m.rate_limited.get_or_create(&[("kind", "send")]).inc();
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn delivered(&self, sent_at_ms: Option<i64>, devices: usize) {
+        let Some(sent) = sent_at_ms else { return };
+        if devices == 0 {
+            return;
+        }
+        let m = crate::metrics::get();
+        m.messages_delivered.inc_by(devices as u64);
+        let ms = (mqim_im_plugin::now_ms() - sent).max(0) as u64;
+        m.send_to_deliver
+            .observe(std::time::Duration::from_millis(ms));
     }
 }
 
@@ -56,8 +98,14 @@ impl Extension for ImExtension {
         let Some(user) = info.username else {
             return AuthDecision::Anonymous;
         };
+        if user == mqim_im_plugin::admin::SYSTEM_SENDER {
+            return AuthDecision::Denied("the system sender cannot log in".into());
+        }
         match self.plugin.authenticate(user, info.password) {
-            Ok(()) => AuthDecision::User(user.to_string()),
+            Ok(()) => match self.bans.check(user) {
+                Some(ban) => AuthDecision::Banned(ban.reason),
+                None => AuthDecision::User(user.to_string()),
+            },
             Err(e) => AuthDecision::Denied(e.to_string()),
         }
     }

@@ -3,11 +3,12 @@
 //! Each accepted socket takes a permit from a semaphore (the hard connection limit) and runs as
 //! its own task. Shutdown stops the listeners, tells every connection why (5.0 DISCONNECT
 //! "server shutting down", or "use another server" when draining a node), and waits for the
-//! connections to finish, within a deadline.
+//! connections to finish, within a deadline. Draining (closing connections at a rate, with MQTT 5
+//! server redirect, while refusing new ones) is `drain.rs`, on top of this file's state.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,10 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::acl::Acl;
-use crate::codec::{DisconnectReason, QoS};
+use crate::codec::{DisconnectReason, Outgoing, QoS};
 use crate::extension::Extension;
 use crate::router::{Router, RouterSettings};
-use crate::session::{Principal, Session};
+use crate::session::{Principal, Session, TransportKind};
 
 /// Protocol and resource limits.
 #[derive(Clone, Debug)]
@@ -50,6 +51,8 @@ pub struct Limits {
     pub state_file: Option<std::path::PathBuf>,
     /// New connections per second from one IP address (0: unlimited), bursts of twice that.
     pub connects_per_ip_per_sec: u32,
+    /// Serve the demo chat page at `/` on the WebSocket listener.
+    pub demo_page: bool,
 }
 
 /// Where the server listens.
@@ -74,6 +77,10 @@ pub struct Shared {
     /// Process start, seconds since the epoch (for assigned client ids).
     started: u64,
     connect_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    /// Set by a drain: the listeners refuse new connections.
+    pub(crate) draining: AtomicBool,
+    /// Where a drain sends MQTT 5 clients (Server Reference), if anywhere.
+    pub(crate) redirect: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -96,6 +103,18 @@ impl Shared {
         match self.shutdown_reason.load(Ordering::Acquire) {
             1 => DisconnectReason::UseAnotherServer,
             _ => DisconnectReason::ServerShuttingDown,
+        }
+    }
+
+    /// The DISCONNECT a server-side close sends: "use another server" carries the drain's
+    /// Server Reference, and without one becomes "server shutting down".
+    pub(crate) fn farewell(&self, reason: DisconnectReason) -> Outgoing {
+        if reason != DisconnectReason::UseAnotherServer {
+            return Outgoing::Disconnect(reason);
+        }
+        match self.redirect.lock().clone() {
+            Some(server) => Outgoing::Redirect(server),
+            None => Outgoing::Disconnect(DisconnectReason::ServerShuttingDown),
         }
     }
 }
@@ -173,6 +192,8 @@ impl Server {
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            draining: AtomicBool::new(false),
+            redirect: Mutex::new(None),
             connect_limit: std::num::NonZeroU32::new(limits.connects_per_ip_per_sec).map(|rate| {
                 // Bursts of twice the rate.
                 let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
@@ -206,6 +227,11 @@ impl Server {
             shared: self.shared.clone(),
             tx: self.shutdown_tx.clone(),
         }
+    }
+
+    /// What the admin API sees and does: sessions, kicks, drain.
+    pub fn control(&self) -> crate::drain::ServerControl {
+        crate::drain::ServerControl::new(self.shared.clone(), self.shutdown_handle())
     }
 
     /// Serves until shutdown, then waits up to `grace` for connections to finish.
@@ -296,10 +322,22 @@ async fn accept_loop(
                 continue;
             }
         };
+        if shared.draining.load(Ordering::Acquire) {
+            // A draining node takes no one new: the client retries another node.
+            crate::metrics::get()
+                .connects
+                .get_or_create(&[("result", "draining")])
+                .inc();
+            continue;
+        }
         if let Some(limit) = &shared.connect_limit {
             // 001's rule: an address opening connections faster than this is refused at once.
             if limit.check_key(&peer.ip()).is_err() {
                 debug!(%peer, "connection rate limit exceeded: refusing");
+                crate::metrics::get()
+                    .rate_limited
+                    .get_or_create(&[("kind", "connect")])
+                    .inc();
                 continue;
             }
         }
@@ -321,15 +359,20 @@ async fn serve_socket(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, 
     // The WebSocket and TLS handshakes are large futures: boxed, so a plain TCP connection's
     // task is not sized for them.
     match t {
-        Transport::Tcp => crate::connection::serve(shared, stream, peer).await,
+        Transport::Tcp => crate::connection::serve(shared, stream, peer, TransportKind::Tcp).await,
         Transport::Ws => Box::pin(serve_ws(shared, stream, peer)).await,
         Transport::Tls(acceptor) => Box::pin(serve_tls(shared, stream, peer, acceptor)).await,
     }
 }
 
 async fn serve_ws(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    if shared.limits.demo_page
+        && crate::transport::serve_page(&stream, shared.limits.connect_timeout).await
+    {
+        return;
+    }
     match crate::transport::accept_ws(stream, shared.limits.max_packet_size).await {
-        Ok(io) => crate::connection::serve(shared, io, peer).await,
+        Ok(io) => crate::connection::serve(shared, io, peer, TransportKind::Ws).await,
         Err(e) => debug!(%peer, error = %e, "WebSocket handshake failed"),
     }
 }
@@ -342,7 +385,7 @@ async fn serve_tls(
 ) {
     let handshake = acceptor.accept(stream);
     match tokio::time::timeout(shared.limits.connect_timeout, handshake).await {
-        Ok(Ok(io)) => crate::connection::serve(shared, io, peer).await,
+        Ok(Ok(io)) => crate::connection::serve(shared, io, peer, TransportKind::Tls).await,
         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
@@ -464,6 +507,15 @@ impl SessionTable {
         if entry.saved.is_none() {
             map.remove(&session.principal);
         }
+    }
+
+    /// The live sessions (a snapshot).
+    pub(crate) fn live(&self) -> Vec<Arc<Session>> {
+        self.inner
+            .lock()
+            .values()
+            .filter_map(|e| e.live.clone())
+            .collect()
     }
 
     fn expire(&self, ttl: Duration) {

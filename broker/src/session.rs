@@ -7,7 +7,8 @@
 //! drains it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -38,6 +39,35 @@ pub struct Principal {
     pub client_id: String,
 }
 
+/// The byte transport a client connected over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    Ws,
+    Tls,
+}
+
+impl TransportKind {
+    /// The name the admin API and the metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Ws => "ws",
+            TransportKind::Tls => "tls",
+        }
+    }
+}
+
+/// What an operator sees of a connection besides its identity.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnMeta {
+    pub peer: SocketAddr,
+    pub transport: TransportKind,
+    pub keep_alive: u16,
+    /// Unix ms.
+    pub connected_at: i64,
+}
+
 /// A session shared between its connection task, the server's session table and the extension.
 #[derive(Debug)]
 pub struct Session {
@@ -51,6 +81,11 @@ pub struct Session {
     closed: AtomicBool,
     overflowed: AtomicBool,
     limit: usize,
+    /// Set once, before the session is registered (None only in unit tests).
+    meta: Option<ConnMeta>,
+    /// Publishes received from the client, and sent to it.
+    pub(crate) msgs_in: AtomicU64,
+    pub(crate) msgs_out: AtomicU64,
 }
 
 impl Session {
@@ -65,7 +100,39 @@ impl Session {
             closed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             limit,
+            meta: None,
+            msgs_in: AtomicU64::new(0),
+            msgs_out: AtomicU64::new(0),
         }
+    }
+
+    /// The session with its connection's details.
+    pub(crate) fn with_meta(mut self, meta: ConnMeta) -> Self {
+        self.meta = Some(meta);
+        self
+    }
+
+    /// The connection's details (peer, transport, keepalive, connect time).
+    pub fn meta(&self) -> Option<&ConnMeta> {
+        self.meta.as_ref()
+    }
+
+    /// Publishes received from the client and sent to it so far.
+    pub fn message_counts(&self) -> (u64, u64) {
+        (
+            self.msgs_in.load(Ordering::Relaxed),
+            self.msgs_out.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Deliveries waiting in the outbox.
+    pub fn outbox_depth(&self) -> usize {
+        self.queue.lock().len()
+    }
+
+    /// The topics the client subscribed to in the claimed tree.
+    pub fn claimed_topics(&self) -> Vec<String> {
+        self.claimed.lock().iter().map(|(t, _)| t.clone()).collect()
     }
 
     /// The authenticated user, if any.
@@ -123,6 +190,7 @@ impl Session {
                     tracing::warn!(conn = self.conn_id, client_id = %self.principal.client_id,
                         "outbox full: disconnecting a client that does not read");
                     self.close(DisconnectReason::QuotaExceeded);
+                    crate::metrics::get().outbox_disconnects.inc();
                 }
                 crate::metrics::OUTBOX_OVERFLOWS.fetch_add(1, Ordering::Relaxed);
                 return false;

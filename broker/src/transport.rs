@@ -1,6 +1,7 @@
 //! Byte transports under MQTT: plain TCP, and WebSocket on path `/mqtt` (binary frames carry MQTT
 //! bytes, subprotocol `mqtt`). Both become one `AsyncRead + AsyncWrite` stream so the connection
-//! logic does not care which it got.
+//! logic does not care which it got. The WebSocket listener also answers plain `GET`s of the demo
+//! chat page (`broker/web/chat/`, embedded) when `[mqtt] demo_page` is on.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +15,100 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// The demo chat page's files: (path, content type, body).
+const PAGE: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../web/chat/index.html"),
+    ),
+    (
+        "/chat/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/chat/app.js"),
+    ),
+    (
+        "/chat/mqtt.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/chat/mqtt.js"),
+    ),
+    (
+        "/chat/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../web/chat/style.css"),
+    ),
+];
+
+/// Largest request head read while telling a page request from a WebSocket upgrade.
+const MAX_HEAD: usize = 8192;
+
+/// Answers a plain HTTP `GET` of a demo page file (then the connection is done: true). Anything
+/// else (a WebSocket upgrade, another path) is left unread for [`accept_ws`]: false.
+pub async fn serve_page(stream: &TcpStream, within: std::time::Duration) -> bool {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let deadline = tokio::time::Instant::now() + within;
+    let head = loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return false,
+        };
+        if let Some(end) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            break String::from_utf8_lossy(&buf[..end]).into_owned();
+        }
+        if n == MAX_HEAD || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // More of the head is on its way; peek does not wait for it.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let (method, target) = (first.next(), first.next().unwrap_or_default());
+    let upgrade = lines.any(|l| {
+        l.to_ascii_lowercase().starts_with("upgrade:")
+            && l.to_ascii_lowercase().contains("websocket")
+    });
+    let path = target.split('?').next().unwrap_or_default();
+    let Some((_, ctype, body)) = PAGE.iter().find(|(p, _, _)| *p == path) else {
+        return false;
+    };
+    if method != Some("GET") || upgrade {
+        return false;
+    }
+    // Consume the request head, then answer and close.
+    let mut sink = vec![0u8; head.len() + 4];
+    let mut read = 0;
+    while read < sink.len() {
+        match stream.try_read(&mut sink[read..]) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if stream.readable().await.is_err() {
+                    return true;
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut written = 0;
+    let bytes = resp.as_bytes();
+    while written < bytes.len() {
+        if stream.writable().await.is_err() {
+            return true;
+        }
+        match stream.try_write(&bytes[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return true,
+        }
+    }
+    true
+}
 
 /// Completes the WebSocket handshake: only path `/mqtt` is served.
 // The callback's error type is tungstenite's, fixed by its handshake API.

@@ -61,6 +61,7 @@ fn limits(max_pending_acks: usize) -> Limits {
         max_subscriptions: 16,
         state_file: None,
         connects_per_ip_per_sec: 0,
+        demo_page: false,
     }
 }
 

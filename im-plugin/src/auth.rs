@@ -15,6 +15,9 @@ use crate::config::AuthConfig;
 struct Claims {
     sub: String,
     exp: u64,
+    /// An admin token (the admin HTTP API accepts only these).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    adm: bool,
 }
 
 /// Why a token was refused (logged, never sent to the client beyond "not authorized").
@@ -28,6 +31,8 @@ pub enum AuthError {
     WrongUser(String),
     #[error("invalid user id")]
     BadUserId,
+    #[error("not an admin token")]
+    NotAdmin,
 }
 
 /// Verifies tokens; issues HS256 ones when it holds the secret.
@@ -70,14 +75,33 @@ impl Authenticator {
             return Err(AuthError::BadUserId);
         }
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let claims = self.decode(token)?;
+        if claims.sub == user {
+            Ok(())
+        } else {
+            Err(AuthError::WrongUser(claims.sub))
+        }
+    }
+
+    /// Checks an admin token (claim `adm: true`, valid now); returns the admin's name.
+    pub fn verify_admin(&self, token: &str) -> Result<String, AuthError> {
+        let claims = self.decode(token)?;
+        if claims.adm {
+            Ok(claims.sub)
+        } else {
+            Err(AuthError::NotAdmin)
+        }
+    }
+
+    /// The claims of a token that one of the keys signed and that is valid now.
+    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
         let mut last = AuthError::Missing;
         for (key, alg) in &self.keys {
             let mut v = Validation::new(*alg);
             v.leeway = 0;
             v.set_required_spec_claims(&["exp", "sub"]);
             match decode::<Claims>(token, key, &v) {
-                Ok(data) if data.claims.sub == user => return Ok(()),
-                Ok(data) => return Err(AuthError::WrongUser(data.claims.sub)),
+                Ok(data) => return Ok(data.claims),
                 Err(e) => last = AuthError::Invalid(e.to_string()),
             }
         }
@@ -86,6 +110,16 @@ impl Authenticator {
 
     /// Issues an HS256 token for `user`, valid for `ttl_secs`.
     pub fn issue(&self, user: &str, ttl_secs: u64) -> anyhow::Result<String> {
+        self.issue_with(user, ttl_secs, false)
+    }
+
+    /// Issues an HS256 admin token for `name` (the name audit lines show), valid for
+    /// `ttl_secs`.
+    pub fn issue_admin(&self, name: &str, ttl_secs: u64) -> anyhow::Result<String> {
+        self.issue_with(name, ttl_secs, true)
+    }
+
+    fn issue_with(&self, user: &str, ttl_secs: u64, adm: bool) -> anyhow::Result<String> {
         let signer = self
             .signer
             .as_ref()
@@ -100,6 +134,7 @@ impl Authenticator {
             &Claims {
                 sub: user.to_string(),
                 exp,
+                adm,
             },
             signer,
         )?)
@@ -183,6 +218,7 @@ mod tests {
             &Claims {
                 sub: "alice".into(),
                 exp: now_secs() - 5,
+                adm: false,
             },
             signer,
         )

@@ -58,6 +58,14 @@ impl From<Vec<Delivery>> for Batch {
     }
 }
 
+/// The acceptance time of a message event (for the send-to-deliver histogram).
+fn message_ts(event: &Event) -> Option<i64> {
+    match &event.body {
+        Some(mqim_schemas::v1::event::Body::Message(m)) => Some(m.ts),
+        _ => None,
+    }
+}
+
 /// The sending side of a slot: fill it with what the commit produced, or drop it.
 pub type Slot = oneshot::Sender<Batch>;
 
@@ -85,15 +93,20 @@ impl DeliveryQueue {
         let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Receiver<Batch>>();
         let (fan_tx, mut fan_rx) = mpsc::channel::<FanOut>(FAN_OUT_QUEUE);
         let fan_presence = presence.clone();
+        let fan_hooks = hooks.clone();
         tokio::spawn(async move {
             while let Some(f) = fan_rx.recv().await {
+                let sent_at = message_ts(&f.event);
                 let members = f
                     .members
                     .members
                     .keys()
                     .map(String::as_str)
                     .filter(|m| !f.skip.iter().any(|s| s == m));
-                fan_presence.deliver_to_many(members, f.event, f.exclude_conn);
+                let n = fan_presence.deliver_to_many(members, f.event, f.exclude_conn);
+                if let Some(o) = fan_hooks.observer() {
+                    o.delivered(sent_at, n);
+                }
             }
         });
         tokio::spawn(async move {
@@ -101,7 +114,11 @@ impl DeliveryQueue {
                 let Ok(batch) = slot.await else { continue };
                 for d in batch.each {
                     hooks.event_committed(&d.user, &d.event);
-                    presence.deliver(&d.user, d.event, d.exclude_conn);
+                    let sent_at = message_ts(&d.event);
+                    let n = presence.deliver(&d.user, d.event, d.exclude_conn);
+                    if let Some(o) = hooks.observer() {
+                        o.delivered(sent_at, n);
+                    }
                 }
                 if let Some(f) = batch.fan_out {
                     if fan_tx.try_send(f).is_err() {

@@ -45,6 +45,7 @@ pub trait PushHook: Send + Sync + 'static {
 #[derive(Default)]
 pub struct Hooks {
     push: OnceLock<Arc<dyn PushHook>>,
+    observer: OnceLock<Arc<dyn crate::observe::Observer>>,
 }
 
 impl Hooks {
@@ -62,6 +63,16 @@ impl Hooks {
         if let Some(h) = self.push.get() {
             h.event_committed(user, event);
         }
+    }
+
+    /// Sets the metrics observer; false if one was already set.
+    pub fn set_observer(&self, o: Arc<dyn crate::observe::Observer>) -> bool {
+        self.observer.set(o).is_ok()
+    }
+
+    /// The metrics observer, if the broker set one.
+    pub fn observer(&self) -> Option<&Arc<dyn crate::observe::Observer>> {
+        self.observer.get()
     }
 
     /// The push hook, or the error a push operation gets without one.

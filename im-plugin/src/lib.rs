@@ -14,12 +14,17 @@
 //! - `store/`: the store traits, their conformance suite and the backends (embedded: fjall; scale-out: Redis index + message log).
 //! - `config`, `error`: settings and the stable error codes; `limits`: the per-user send rate.
 //! - `hooks`: the push hook the broker registers (committed events, the push operations).
+//! - `observe`: what the broker's metrics see (requests answered, events delivered).
+//! - `admin`: what the admin API reads and does (user summary, system messages);
+//!   `bans`: the ban list; `moderation`: the sensitive-word filter on sends.
 //!
 //! It knows nothing of MQTT packets or sockets: the connection layer reaches it through
 //! [`presence::DeviceLink`] and [`ImPlugin::handle_uplink`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
+pub mod bans;
 pub mod config;
 pub mod conversation;
 pub mod delivery;
@@ -27,7 +32,9 @@ pub mod error;
 pub mod groups;
 pub mod hooks;
 pub mod limits;
+pub mod moderation;
 pub mod msgid;
+pub mod observe;
 pub mod ops;
 pub mod plugin;
 pub mod presence;

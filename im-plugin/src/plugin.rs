@@ -38,6 +38,8 @@ pub struct ImPlugin {
     pub(crate) hooks: Arc<Hooks>,
     /// Every group and its members, in step with the order of writes.
     pub(crate) groups: Arc<Registry>,
+    /// The sensitive-word filter on sends (empty until the broker loads a list).
+    pub(crate) moderation: crate::moderation::Moderation,
 }
 
 impl ImPlugin {
@@ -64,6 +66,7 @@ impl ImPlugin {
             deliveries: DeliveryQueue::start_with_hooks(presence.clone(), hooks.clone()),
             presence,
             hooks,
+            moderation: Default::default(),
         }))
     }
 
@@ -131,6 +134,10 @@ impl ImPlugin {
                 return futures::future::ready(()).boxed();
             }
         };
+        let observed = (
+            op.as_ref().map(crate::observe::op_name),
+            std::time::Instant::now(),
+        );
         let fut = match op {
             Some(Op::Send(r)) => ops::send::start(self, &link, r),
             Some(Op::Sync(r)) => ops::sync::start(self, &link, r),
@@ -156,8 +163,13 @@ impl ImPlugin {
             // decode_request rejects requests without an operation.
             None => return futures::future::ready(()).boxed(),
         };
+        let hooks = self.hooks.clone();
         async move {
-            let d = match fut.await {
+            let result = fut.await;
+            if let (Some(o), (Some(op), started)) = (hooks.observer(), observed) {
+                o.request(op, result.as_ref().err().map(|e| e.code), started.elapsed());
+            }
+            let d = match result {
                 Ok(result) => wire::reply(id, result),
                 Err(e) => wire::error_reply(id, &e),
             };

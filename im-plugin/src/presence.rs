@@ -88,18 +88,33 @@ impl Presence {
     }
 
     /// Delivers `event` of `user`'s stream to every online device of the user except
-    /// `exclude_conn`.
-    pub fn deliver(&self, user: &str, event: Event, exclude_conn: Option<u64>) {
+    /// `exclude_conn`. Returns to how many devices it was queued.
+    pub fn deliver(&self, user: &str, event: Event, exclude_conn: Option<u64>) -> usize {
         let shard = self.shard(user).lock();
-        if let Some(e) = shard.get(user) {
-            send_to_devices(user, &e.devices, event, exclude_conn);
+        match shard.get(user) {
+            Some(e) => send_to_devices(user, &e.devices, event, exclude_conn),
+            None => 0,
         }
+    }
+
+    /// The devices of `user` online on this node: (device id, connection id).
+    pub fn devices(&self, user: &str) -> Vec<(String, u64)> {
+        self.shard(user)
+            .lock()
+            .get(user)
+            .map_or_else(Vec::new, |e| {
+                e.devices
+                    .iter()
+                    .map(|d| (d.device().to_string(), d.conn_id()))
+                    .collect()
+            })
     }
 }
 
 impl Presence {
     /// Delivers one event that is the same for every recipient (a large group's live event, which
     /// has no stream seq) to the online devices of each of `users`, encoding it once per format.
+    /// Returns to how many downlinks it was queued.
     pub fn deliver_to_many<'a>(
         &self,
         users: impl Iterator<Item = &'a str>,
@@ -108,15 +123,14 @@ impl Presence {
     ) -> usize {
         let downlink_msg = wire::event(event);
         let mut encoded: [Option<Bytes>; 2] = [None, None];
-        let mut reached = 0;
+        let mut queued = 0;
         for user in users {
             let shard = self.shard(user).lock();
             if let Some(e) = shard.get(user) {
-                reached += 1;
-                send_encoded(user, &e.devices, &downlink_msg, &mut encoded, exclude_conn);
+                queued += send_encoded(user, &e.devices, &downlink_msg, &mut encoded, exclude_conn);
             }
         }
-        reached
+        queued
     }
 }
 
@@ -125,19 +139,22 @@ fn send_to_devices(
     devices: &[Arc<dyn DeviceLink>],
     event: Event,
     exclude: Option<u64>,
-) {
+) -> usize {
     let downlink_msg = wire::event(event);
     let mut encoded: [Option<Bytes>; 2] = [None, None];
-    send_encoded(user, devices, &downlink_msg, &mut encoded, exclude);
+    send_encoded(user, devices, &downlink_msg, &mut encoded, exclude)
 }
 
+/// Queues `downlink_msg` on each subscribed downlink of `devices` but `exclude`, encoding it at
+/// most once per format; returns to how many downlinks it was queued.
 fn send_encoded(
     user: &str,
     devices: &[Arc<dyn DeviceLink>],
     downlink_msg: &mqim_schemas::v1::Downlink,
     encoded: &mut [Option<Bytes>; 2],
     exclude: Option<u64>,
-) {
+) -> usize {
+    let mut queued = 0;
     for d in devices {
         if Some(d.conn_id()) == exclude {
             continue;
@@ -148,8 +165,11 @@ fn send_encoded(
                 let payload = encoded[i]
                     .get_or_insert_with(|| wire::encode(format, downlink_msg))
                     .clone();
-                d.deliver(&topic, payload);
+                if d.deliver(&topic, payload) {
+                    queued += 1;
+                }
             }
         }
     }
+    queued
 }

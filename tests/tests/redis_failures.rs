@@ -114,6 +114,7 @@ async fn a_second_broker_on_the_same_redis_refuses_to_start() {
         .env("MQIM_DATA_DIR", dir.path())
         .env("MQIM_MQTT_LISTEN", "127.0.0.1:0")
         .env("MQIM_WS_LISTEN", "off")
+        .env("MQIM_ADMIN_LISTEN", "off")
         .env("MQIM_STORE_BACKEND", "redis+embedded")
         .env("MQIM_REDIS_URL", redis.url())
         .env("RUST_LOG", "warn")

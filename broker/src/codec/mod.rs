@@ -150,6 +150,8 @@ pub enum ConnAckCode {
     BadClientId,
     ServerUnavailable,
     UnsupportedVersion,
+    /// 5.0 0x8A; 3.1.1 has no such code and gets "not authorized".
+    Banned,
 }
 
 /// What a successful CONNACK announces (5.0 properties; 3.1.1 sends only the flag and code).
@@ -218,6 +220,8 @@ pub enum DisconnectReason {
     QuotaExceeded,
     ReceiveMaximumExceeded,
     TopicAliasInvalid,
+    /// 0x98: an admin closed the connection (kick, ban).
+    AdministrativeAction,
 }
 
 /// A packet the server sends.
@@ -246,6 +250,8 @@ pub enum Outgoing {
     },
     PingResp,
     Disconnect(DisconnectReason),
+    /// 5.0 DISCONNECT 0x9C "use another server" with this Server Reference (3.1.1: nothing).
+    Redirect(String),
 }
 
 /// Why a packet could not be read.
@@ -373,6 +379,14 @@ pub fn sniff_version(buf: &[u8]) -> Result<Option<Version>, CodecError> {
 pub const UNSUPPORTED_VERSION_CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
 impl Version {
+    /// `3.1.1` or `5.0`, as the admin API and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V311 => "3.1.1",
+            Version::V5 => "5.0",
+        }
+    }
+
     /// Reads one packet from the front of `buf`. Packets larger than `max_size` are rejected
     /// from their fixed header, before their bytes arrive. A complete frame is consumed whatever
     /// it holds: it is either a packet or an error, never "need more bytes".

@@ -117,6 +117,7 @@ fn to_v4(p: Outgoing) -> Option<v4::Packet> {
                 ConnAckCode::BadClientId => v4::ConnectReturnCode::BadClientId,
                 ConnAckCode::ServerUnavailable => v4::ConnectReturnCode::ServiceUnavailable,
                 ConnAckCode::UnsupportedVersion => v4::ConnectReturnCode::RefusedProtocolVersion,
+                ConnAckCode::Banned => v4::ConnectReturnCode::NotAuthorized,
             },
         }),
         Outgoing::Publish(p) => v4::Packet::Publish(v4::Publish {
@@ -145,6 +146,6 @@ fn to_v4(p: Outgoing) -> Option<v4::Packet> {
         }),
         Outgoing::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck { pkid }),
         Outgoing::PingResp => v4::Packet::PingResp,
-        Outgoing::Disconnect(_) => return None,
+        Outgoing::Disconnect(_) | Outgoing::Redirect(_) => return None,
     })
 }

@@ -220,6 +220,7 @@ fn to_v5(p: Outgoing) -> v5::Packet {
                     ConnAckCode::UnsupportedVersion => {
                         v5::ConnectReturnCode::UnsupportedProtocolVersion
                     }
+                    ConnAckCode::Banned => v5::ConnectReturnCode::Banned,
                 },
                 properties,
             })
@@ -297,8 +298,20 @@ fn to_v5(p: Outgoing) -> v5::Packet {
                     v5::DisconnectReasonCode::ReceiveMaximumExceeded
                 }
                 DisconnectReason::TopicAliasInvalid => v5::DisconnectReasonCode::TopicAliasInvalid,
+                DisconnectReason::AdministrativeAction => {
+                    v5::DisconnectReasonCode::AdministrativeAction
+                }
             },
             properties: None,
+        }),
+        Outgoing::Redirect(server) => v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: v5::DisconnectReasonCode::UseAnotherServer,
+            properties: Some(v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: None,
+                user_properties: Vec::new(),
+                server_reference: Some(server),
+            }),
         }),
     }
 }

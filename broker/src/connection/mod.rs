@@ -8,7 +8,8 @@
 //! the claimed tree means.
 //!
 //! Files: `mod.rs` the handshake and the main loop; `publish.rs` publishes in both directions
-//! and the will; `subscribe.rs` SUBSCRIBE and UNSUBSCRIBE.
+//! and the will; `subscribe.rs` SUBSCRIBE and UNSUBSCRIBE; `close.rs` closing (the DISCONNECT
+//! sent, and answering the publishes in progress before a server-side close).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -29,8 +30,9 @@ use crate::codec::{
 use crate::extension::{AuthDecision, ConnectInfo};
 use crate::router::{Outbound, RSession};
 use crate::server::Shared;
-use crate::session::{Principal, Session};
+use crate::session::{ConnMeta, Principal, Session, TransportKind};
 
+mod close;
 mod publish;
 mod subscribe;
 
@@ -89,7 +91,12 @@ generic_split!(crate::transport::WsIo);
 generic_split!(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
 
 /// Serves one client until it goes away.
-pub async fn serve<S: SplitIo>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr) {
+pub async fn serve<S: SplitIo>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+    transport: TransportKind,
+) {
     let (reader, writer) = stream.split_io();
     let mut conn = Conn {
         shared,
@@ -99,6 +106,7 @@ pub async fn serve<S: SplitIo>(shared: Arc<Shared>, mut stream: S, peer: SocketA
         wbuf: BytesMut::new(),
         version: Version::V311,
         peer,
+        transport,
     };
     // Two boxed phases: the handshake's state (connect timeout, CONNECT, authentication) is
     // freed before the session starts, so a long-lived connection holds only what it uses.
@@ -127,6 +135,15 @@ struct Conn<R, W> {
     wbuf: BytesMut,
     version: Version,
     peer: SocketAddr,
+    transport: TransportKind,
+}
+
+/// Counts one CONNECT outcome.
+fn count_connect(result: &'static str) {
+    crate::metrics::get()
+        .connects
+        .get_or_create(&[("result", result)])
+        .inc();
 }
 
 /// Is `id` a client id mqim accepts? Not `/`, `+`, `#` (they would widen ACL patterns and IM
@@ -216,6 +233,7 @@ where
             // 3.1.1: an empty id only with clean session 1 (MQTT-3.1.3-8); 5.0: the server
             // assigns one and says which (MQTT-3.1.3-7, 3.2.2.3.7).
             if self.version == Version::V311 && !connect.clean_start {
+                count_connect("bad_client_id");
                 self.refuse(ConnAckCode::BadClientId).await;
                 return None;
             }
@@ -225,6 +243,7 @@ where
             }
         } else if !valid_client_id(&client_id) {
             debug!(%peer, "refused: client id not allowed");
+            count_connect("bad_client_id");
             self.refuse(ConnAckCode::BadClientId).await;
             return None;
         }
@@ -239,22 +258,39 @@ where
             AuthDecision::Anonymous if shared.limits.allow_anonymous => None,
             AuthDecision::Anonymous => {
                 info!(peer = %self.peer, %client_id, "refused: no credentials and anonymous access is off");
+                count_connect("not_authorized");
                 self.refuse(ConnAckCode::NotAuthorized).await;
                 return None;
             }
             AuthDecision::Denied(why) => {
                 info!(peer = %self.peer, %client_id, reason = %why, "refused: not authorized");
+                count_connect("not_authorized");
                 self.refuse(ConnAckCode::NotAuthorized).await;
                 return None;
             }
+            AuthDecision::Banned(why) => {
+                info!(peer = %self.peer, %client_id, reason = %why, "refused: banned");
+                count_connect("banned");
+                self.refuse(ConnAckCode::Banned).await;
+                return None;
+            }
         };
+        count_connect("ok");
         let principal = Principal { user, client_id };
-        let session = Arc::new(Session::new(
-            conn_id,
-            principal.clone(),
-            self.version,
-            shared.limits.outbox_limit,
-        ));
+        let session = Arc::new(
+            Session::new(
+                conn_id,
+                principal.clone(),
+                self.version,
+                shared.limits.outbox_limit,
+            )
+            .with_meta(ConnMeta {
+                peer,
+                transport: self.transport,
+                keep_alive: connect.keep_alive,
+                connected_at: mqim_im_plugin::now_ms(),
+            }),
+        );
         // How long the session outlives the connection: 3.1.1 clean_session=0 gets the
         // configured maximum; 5.0 its session expiry interval, capped by it.
         let max_expiry = u32::try_from(shared.limits.session_expiry.as_secs()).unwrap_or(u32::MAX);
@@ -340,8 +376,17 @@ where
         }
         shared.ext.on_session_open(&session);
         debug!(conn = conn_id, user = ?session.user(), client_id = session.client_id(), "session open");
+        let gauge = crate::metrics::get()
+            .connections
+            .get_or_create(&[
+                ("protocol", self.version.as_str()),
+                ("transport", self.transport.as_str()),
+            ])
+            .clone();
+        gauge.inc();
 
         let end = Box::pin(self.main_loop(&mut state, keep_alive)).await;
+        gauge.dec();
 
         let publish_will = match end {
             End::Clean { with_will } => with_will,
@@ -444,6 +489,14 @@ where
                 st.session.drain(DRAIN_BATCH.min(room), &mut drained);
                 for d in drained.drain(..) {
                     if let Some(reason) = self.encode_delivery(st, d) {
+                        if matches!(
+                            reason,
+                            DisconnectReason::UseAnotherServer
+                                | DisconnectReason::ServerShuttingDown
+                        ) {
+                            // A drain: requests in progress are answered first.
+                            Box::pin(self.finish_pending(st)).await;
+                        }
                         return Box::pin(self.close_with_server(reason)).await;
                     }
                 }
@@ -455,20 +508,11 @@ where
                 biased;
                 _ = shutdown.changed() => {
                     let reason = shared.shutdown_reason();
+                    Box::pin(self.finish_pending(st)).await;
                     return Box::pin(self.close_with_server(reason)).await;
                 }
                 Some((pkid, qos, reason)) = next_ack(&mut st.acks), if pending > 0 => {
-                    let ack = match qos {
-                        // A QoS 0 request is not acknowledged; it only held its place in the
-                        // connection's limit until it was handled.
-                        QoS::AtMostOnce => None,
-                        QoS::AtLeastOnce => Some(Outgoing::PubAck { pkid, reason }),
-                        QoS::ExactlyOnce => Some(Outgoing::PubRec { pkid, reason }),
-                    };
-                    if let Some(ack) = ack {
-                        st.qos_pending = st.qos_pending.saturating_sub(1);
-                        let _ = self.version.write(ack, &mut self.wbuf);
-                    }
+                    self.write_ack(st, pkid, qos, reason);
                 }
                 r = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => {
                     if r.is_err() {
@@ -504,19 +548,6 @@ where
             self.wbuf.clear();
         }
         let _ = self.writer.flush().await;
-    }
-
-    /// Protocol-level close: tell a 5.0 client why, then end as abnormal (will is published).
-    async fn close_with(&mut self, reason: DisconnectReason) -> End {
-        self.flush().await;
-        self.send_now(Outgoing::Disconnect(reason)).await;
-        End::Abnormal
-    }
-
-    async fn close_with_server(&mut self, reason: DisconnectReason) -> End {
-        self.flush().await;
-        self.send_now(Outgoing::Disconnect(reason)).await;
-        End::Server
     }
 
     /// Handles one packet; `Some` ends the connection.

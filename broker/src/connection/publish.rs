@@ -66,6 +66,9 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     pub(super) async fn on_publish(&mut self, st: &mut State, mut p: Publish) -> Option<End> {
+        st.session
+            .msgs_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // 5.0 topic aliases (MQTT 3.3.2.3.4): 0 or above our maximum ends the connection.
         if let Some(alias) = p.props.as_ref().and_then(|x| x.topic_alias) {
             if alias == 0 || alias > TOPIC_ALIAS_MAX {
@@ -240,6 +243,9 @@ where
             self.wbuf.truncate(before);
             return None;
         }
+        st.session
+            .msgs_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if qos != QoS::AtMostOnce {
             let f = match general {
                 Some(mut out) => {

@@ -33,15 +33,16 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
             _ => Ok(g),
         })
         .and_then(|g| check_rate(plugin, link.user()).map(|()| g));
-    let group = match checked {
-        Ok(g) => g,
+    let (group, text) = match checked.and_then(|g| Ok((g, plugin.moderation.apply_text(req.text)?)))
+    {
+        Ok(v) => v,
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
     let from = link.user().to_string();
     let message = GroupMessage {
         from: from.clone(),
         client_msg_id: req.client_msg_id,
-        text: req.text,
+        text,
         body: req.body,
         kind: req.r#type,
         mentions: Vec::new(),

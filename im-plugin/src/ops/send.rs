@@ -22,7 +22,7 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
     if req.to.starts_with("g:") {
         return super::group_send::start(plugin, link, req);
     }
-    let msg = match validate(plugin, link.user(), req) {
+    let msg = match validate(plugin, link.user(), req).and_then(|m| plugin.moderation.apply(m)) {
         Ok(m) => m,
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };

@@ -2,6 +2,8 @@
 //! driven by real MQTT clients (rumqttc, 3.1.1 or 5.0, TCP or WebSocket).
 #![allow(dead_code)]
 
+pub mod admin;
+pub mod browser;
 pub mod raw;
 pub mod v5client;
 
@@ -69,6 +71,8 @@ pub struct Broker {
     pub ws_port: u16,
     /// Set when the broker was started with a TLS listener.
     pub tls_port: Option<u16>,
+    /// The admin HTTP listener (on unless `MQIM_ADMIN_LISTEN=off`).
+    pub admin_port: Option<u16>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -85,6 +89,7 @@ impl Broker {
             mqtt_port: 0,
             ws_port: 0,
             tls_port: None,
+            admin_port: None,
             extra_env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -100,6 +105,7 @@ impl Broker {
             .env("MQIM_DATA_DIR", self.dir.path())
             .env("MQIM_MQTT_LISTEN", "127.0.0.1:0")
             .env("MQIM_WS_LISTEN", "127.0.0.1:0")
+            .env("MQIM_ADMIN_LISTEN", "127.0.0.1:0")
             .env("MQIM_AUTH_HS256_SECRET", SECRET)
             // Most tests send faster than a person; the rate-limit tests turn it back on.
             .env("MQIM_MAX_SENDS_PER_SEC", "0")
@@ -128,11 +134,14 @@ impl Broker {
         };
         self.mqtt_port = port("mqtt=");
         self.ws_port = port("ws=");
-        self.tls_port = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("tls="))
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.trim().parse().ok());
+        let optional_port = |key: &str| -> Option<u16> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.trim().parse().ok())
+        };
+        self.tls_port = optional_port("tls=");
+        self.admin_port = optional_port("admin=");
         self.child = Some(child);
     }
 
@@ -161,6 +170,20 @@ impl Broker {
         false
     }
 
+    /// Waits up to `within` for the process to exit by itself; its exit status's success.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<bool> {
+        let deadline = std::time::Instant::now() + within;
+        let c = self.child.as_mut()?;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Starts again on the same data dir (new ports).
     pub fn restart(&mut self) {
         self.kill9();
@@ -186,13 +209,19 @@ pub fn token(user: &str, ttl_secs: i64) -> String {
 }
 
 pub fn token_signed(user: &str, ttl_secs: i64, secret: &str) -> String {
+    sign(json!({"sub": user}), ttl_secs, secret)
+}
+
+/// A JWT with `claims` plus an `exp` `ttl_secs` from now, signed HS256 with `secret`.
+pub fn sign(mut claims: Value, ttl_secs: i64, secret: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
+    claims["exp"] = json!(now + ttl_secs);
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": now + ttl_secs}),
+        &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()

@@ -1,0 +1,68 @@
+//! `POST /api/v1/messages`: a system message from the reserved sender `system`, stored and
+//! delivered like any message. Only one-to-one conversations (`u:<user>`) for now: groups
+//! (`g:`) arrive with issue 9.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{audit, Admin};
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::AdminState;
+
+/// A system message.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemMessageRequest {
+    /// The conversation: `u:<user>`.
+    pub to: String,
+    pub text: String,
+}
+
+/// The stored message.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemMessageSent {
+    /// As in the wire contract: a decimal string (64-bit ids do not fit a JSON number).
+    pub msg_id: String,
+    /// Acceptance time, Unix ms.
+    pub ts: i64,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "messages",
+    security(("bearer" = [])),
+    request_body = SystemMessageRequest,
+    responses(
+        (status = 200, body = SystemMessageSent),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "text over the size limit"),
+        (status = 422, body = ErrorBody, description = "CONTENT_REJECTED by moderation"),
+        (status = 503, body = ErrorBody),
+    )
+)]
+pub async fn send(
+    admin: Admin,
+    State(st): State<AdminState>,
+    ApiJson(req): ApiJson<SystemMessageRequest>,
+) -> Result<Json<SystemMessageSent>, ApiError> {
+    if !req.to.starts_with("u:") {
+        return Err(ApiError::invalid(
+            "`to` must be `u:<user id>` (group conversations are not available yet)",
+        ));
+    }
+    if req.text.is_empty() {
+        return Err(ApiError::invalid("`text` is required"));
+    }
+    let sent = st.plugin.send_system_message(&req.to, req.text).await?;
+    audit(&admin, "system_message", &req.to, &sent.msg_id.to_string());
+    Ok(Json(SystemMessageSent {
+        msg_id: sent.msg_id.to_string(),
+        ts: sent.ts,
+    }))
+}

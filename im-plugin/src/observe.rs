@@ -1,0 +1,62 @@
+//! Observation: how the broker learns what the IM layer did (requests answered, events handed to
+//! live delivery), for its metrics, without the IM domain depending on a metrics library.
+//!
+//! The broker registers one [`Observer`] at start-up ([`crate::ImPlugin::set_observer`]). Calls
+//! happen on the send path: an observer only counts (atomics), never locks for long or awaits.
+
+use std::time::Duration;
+
+use mqim_schemas::v1::request::Op;
+use mqim_schemas::v1::ErrorCode;
+
+/// What the broker's metrics see of the IM layer.
+pub trait Observer: Send + Sync + 'static {
+    /// Request `op` (its JSON name, from [`op_name`]) was answered after `elapsed`: `None` for a
+    /// result, the error code otherwise.
+    fn request(&self, op: &'static str, error: Option<ErrorCode>, elapsed: Duration);
+
+    /// An event was queued to `devices` online devices of its stream's owner; `sent_at_ms` is
+    /// the acceptance time (Unix ms) when the event is a message.
+    fn delivered(&self, sent_at_ms: Option<i64>, devices: usize);
+}
+
+/// The JSON name of a request's operation, as in `schemas::REQUEST_OPS`. Exhaustive on purpose:
+/// a new operation does not compile until it has a name here (a test checks the names).
+pub fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Send(_) => "send",
+        Op::Sync(_) => "sync",
+        Op::Ack(_) => "ack",
+        Op::Conversations(_) => "conversations",
+        Op::Read(_) => "read",
+        Op::History(_) => "history",
+        Op::PushRegister(_) => "pushRegister",
+        Op::PushUnregister(_) => "pushUnregister",
+        Op::Mute(_) => "mute",
+        Op::Unmute(_) => "unmute",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mqim_schemas::v1::*;
+
+    #[test]
+    fn every_op_name_is_a_schema_op_name() {
+        let ops = [
+            Op::Send(SendRequest::default()),
+            Op::Sync(SyncRequest::default()),
+            Op::Ack(AckRequest::default()),
+            Op::Conversations(ConversationsRequest::default()),
+            Op::Read(ReadRequest::default()),
+            Op::History(HistoryRequest::default()),
+            Op::PushRegister(PushRegisterRequest::default()),
+            Op::PushUnregister(PushUnregisterRequest::default()),
+            Op::Mute(MuteRequest::default()),
+            Op::Unmute(UnmuteRequest::default()),
+        ];
+        let names: Vec<_> = ops.iter().map(op_name).collect();
+        assert_eq!(names, mqim_schemas::REQUEST_OPS);
+    }
+}
