@@ -633,3 +633,28 @@ async fn groups_on_the_redis_store_are_refused_clearly() {
     // One-to-one messaging goes on.
     alice.send("bob", "still-1", "hi").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_go_through_the_word_filter() {
+    let words = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(words.path(), "badword\n").unwrap();
+    let path = words.path().to_str().unwrap().to_string();
+    let b = Broker::start_with(&[
+        ("MQIM_MODERATION_WORDS_FILE", &path),
+        ("MQIM_MODERATION_ACTION", "reject"),
+    ]);
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let g = create(&mut alice, "Filtered", &["bob"], false).await;
+    next_change(&mut bob).await;
+    let r = alice
+        .call(json!({"send": {"to": g, "clientMsgId": "w1", "text": "a Ｂａｄword here"}}))
+        .await;
+    assert_eq!(error_code(&r), "CONTENT_REJECTED", "{r}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    gsend(&mut alice, &g, "w2", "a fine word").await;
+    assert_eq!(
+        next_message(&mut bob, &g).await["message"]["text"],
+        "a fine word"
+    );
+}
