@@ -151,6 +151,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             drain_rate: cfg.admin.drain_rate.max(1),
             redirect: cfg.cluster.redirect.clone(),
             exit_after_drain: cfg.admin.exit_after_drain,
+            data_dir: cfg.data_dir.clone(),
         },
     );
     let admin_listener = match cfg.admin_listen()? {

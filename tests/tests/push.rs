@@ -498,3 +498,55 @@ async fn an_offline_android_phone_gets_an_fcm_v1_message() {
     assert_eq!(m["data"]["msgId"], sent["msgId"]);
     assert_eq!(m["data"]["badge"], "1");
 }
+
+#[tokio::test]
+async fn the_admin_api_shows_a_users_registrations_mutes_and_last_outcomes() {
+    let rx = Receiver::start().await;
+    let b = Broker::start_with(&push_env(&[]));
+    let mut phone = Device::connect(&b, "bob", "phone").await;
+    let url = rx.url("phone");
+    register(&mut phone, &url).await;
+    phone
+        .call(json!({"mute": {"conversation": "u:mallory"}}))
+        .await;
+    go_offline(phone).await;
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    alice.send("bob", "p1", "ping").await;
+    rx.next(common::WAIT).await.expect("a push");
+
+    let api = common::admin::Api::new(&b).await;
+    // The outcome is logged after the provider answered; give the bridge a moment.
+    let mut view = Value::Null;
+    for _ in 0..50 {
+        let (s, v) = api.get("/api/v1/push/bob").await;
+        assert_eq!(s, 200, "{v}");
+        view = v;
+        if view["devices"][0]["outcomes"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = &view["devices"][0];
+    assert_eq!(d["device"], "phone", "{view}");
+    assert_eq!(d["provider"], "webhook");
+    let hint = d["tokenHint"].as_str().unwrap();
+    assert_eq!(hint.len(), 6, "only the token's end is shown: {view}");
+    assert!(url.ends_with(hint));
+    assert!(
+        !view.to_string().contains(&url),
+        "the whole token never leaves: {view}"
+    );
+    assert!(!d["outcomes"].as_array().unwrap().is_empty(), "{view}");
+    assert_eq!(view["mutes"][0]["conversation"], "u:mallory");
+    // An ordinary user's token gets nothing; a bad user id is a 400.
+    let (s, _) = api
+        .with_token(Some(common::token("bob", 60)))
+        .get("/api/v1/push/bob")
+        .await;
+    assert_eq!(s, 403);
+    let (s, v) = api.get("/api/v1/push/a+b").await;
+    assert_eq!(s, 400, "{v}");
+}

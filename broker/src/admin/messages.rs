@@ -1,6 +1,6 @@
 //! `POST /api/v1/messages`: a system message from the reserved sender `system`, stored and
 //! delivered like any message. Only one-to-one conversations (`u:<user>`) for now: groups
-//! (`g:`) arrive with issue 9.
+//! (`g:`) are not taken yet: the reserved sender `system` is not a member of any group.
 
 use axum::extract::State;
 use axum::Json;

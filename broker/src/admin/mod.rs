@@ -15,6 +15,7 @@ mod error;
 mod messages;
 mod node;
 mod openapi;
+mod push;
 mod stats;
 mod tls;
 mod users;
@@ -54,6 +55,8 @@ pub struct NodeInfo {
     pub drain_rate: u32,
     pub redirect: Option<String>,
     pub exit_after_drain: bool,
+    /// The data dir (the push bridge's state is under it).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl AdminState {
@@ -101,6 +104,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/users/{user}", get(users::get_user))
         .route("/users/{user}/ban", post(users::ban).delete(users::unban))
         .route("/bans", get(users::list_bans))
+        .route("/push/{user}", get(push::get_push))
         .route("/messages", post(messages::send))
         .route("/drain", post(node::drain))
         .route("/moderation/reload", post(node::reload_moderation))

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, messages, node, stats, users};
+use super::{clients, messages, node, push, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use super::{clients, messages, node, stats, users};
         users::ban,
         users::unban,
         users::list_bans,
+        push::get_push,
         messages::send,
         node::drain,
         node::reload_moderation,
