@@ -37,7 +37,7 @@ pub struct Delivery {
 pub struct FanOut {
     pub members: Arc<GroupRecord>,
     /// Members that got the entry in their stream already (mentions, concerned members).
-    pub skip: Vec<String>,
+    pub skip: std::collections::HashSet<String>,
     pub event: Event,
     pub exclude_conn: Option<u64>,
 }
@@ -102,7 +102,7 @@ impl DeliveryQueue {
                     .members
                     .keys()
                     .map(String::as_str)
-                    .filter(|m| !f.skip.iter().any(|s| s == m));
+                    .filter(|m| !f.skip.contains(*m));
                 let n = fan_presence.deliver_to_many(members, f.event, f.exclude_conn);
                 if let Some(o) = fan_hooks.observer() {
                     o.delivered(sent_at, n);

@@ -18,6 +18,7 @@ pub mod unmute;
 use futures::future::BoxFuture;
 use mqim_schemas::v1::reply;
 
+use crate::conversation::Conversation;
 use crate::error::ImError;
 
 /// What an operation produces.
@@ -82,5 +83,3 @@ pub(crate) fn parse_group(id: &str) -> Result<String, ImError> {
         _ => Err(ImError::invalid("`group` must be `g:<group id>`")),
     }
 }
-
-use crate::conversation::Conversation;

@@ -105,12 +105,16 @@ impl Pending<'_> {
 
         let owner = log_owner(&g.group);
         let group_seq = self.next_seq(&owner)?;
+        // Every copy is the log's event at its own seq: built once, cloned per copy.
         let log_event = g.event(group_seq, group_seq);
         let log_row = event_row(&owner, &log_event)?;
         let mut copies = Vec::with_capacity(g.copies.len());
         for c in &g.copies {
             let seq = self.next_seq(&c.owner)?;
-            let event = g.event(seq, group_seq);
+            let event = Event {
+                seq,
+                ..log_event.clone()
+            };
             let row = event_row(&c.owner, &event)?;
             let inbox = match c.recent && message.is_some() {
                 true => Some(self.inbox_update(&c.owner, &conversation, g.msg_id, g.ts, seq)?),
