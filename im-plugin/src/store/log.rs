@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use mqim_schemas::v1::Event;
 
+use super::groups::{GroupAppend, GroupOutcome, GroupReadOutcome, GroupStore};
 use super::{HistoryPage, NewMessage, SendOutcome, StoreError, StoreResult};
 
 /// Why a log write did not happen.
@@ -41,7 +42,9 @@ pub enum LogError {
 /// The result of a log write.
 pub type LogResult<T> = Result<T, LogError>;
 
-/// A read receipt to log: `user` read `conversation` (with `peer`) up to `up_to`.
+/// A read receipt to log: `user` read `conversation` up to `up_to`; `peer` gets the receipt
+/// (the other user of a one-to-one conversation; in a small group, the sender of the newest
+/// message the read covers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptWrite {
     pub user: String,
@@ -52,6 +55,29 @@ pub struct ReceiptWrite {
     pub own_seq: u64,
     /// Seq of the receipt in the peer's stream.
     pub peer_seq: u64,
+}
+
+impl ReceiptWrite {
+    /// The conversation of the peer's receipt: the group itself, or the one with the reader.
+    pub fn peer_conversation(&self) -> String {
+        peer_conversation(&self.conversation, &self.user)
+    }
+}
+
+/// The conversation in which `peer` sees a receipt of `reader`'s read of `conversation`.
+pub fn peer_conversation(conversation: &str, reader: &str) -> String {
+    match crate::conversation::Conversation::parse(conversation) {
+        Some(crate::conversation::Conversation::Group(_)) => conversation.to_string(),
+        _ => crate::conversation::Conversation::with_user(reader),
+    }
+}
+
+/// The seqs the index allocated for one group entry: the group log's, then one per copy, in
+/// the order of [`GroupAppend::copies`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSeqs {
+    pub group_seq: u64,
+    pub copies: Vec<u64>,
 }
 
 /// The seqs the index allocated for one message's copies.
@@ -151,4 +177,53 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Removes dedup records made before `before_ts_ms` (a backend with native expiry may do
     /// nothing and return 0). Returns how many were removed.
     async fn purge_dedup(&self, before_ts_ms: i64) -> StoreResult<usize>;
+
+    /// The log's groups, if it keeps them: without, the split store refuses groups.
+    fn groups(&self) -> Option<&dyn GroupLog> {
+        None
+    }
+}
+
+/// The group half of a message log: the group reads of [`GroupStore`] (its writing methods are
+/// not used on a log), and group writes at seqs the index allocated.
+///
+/// Contract (checked through the split store by the `group_*` conformance cases):
+/// - [`GroupLog::log_group`] writes what [`GroupStore::append_group`] writes, atomically, at the
+///   given seqs: the entry at `seqs.group_seq` of the group's log and copy `i` at `seqs.copies[i]`
+///   of its owner's stream, with the history rows, membership rows, group head, read positions
+///   and mentions; no unread counts or recency (the index keeps those). A resend of a stored
+///   (sender, clientMsgId) writes gaps at the free given seqs and returns the original. A seq
+///   that holds an event refuses the whole write with [`LogError::Conflict`]. Call order,
+///   deadlines: as for [`MessageLog::log_message`].
+/// - [`GroupLog::log_group_read`] moves `user`'s read position in large group `group` to the
+///   message `up_to` (or the newest before it) and writes the reader's own receipt at `own_seq`;
+///   a read that moves nothing writes a gap there instead.
+/// - [`MessageLog::log_receipts`] in a group clears the reader's mention of a message it covers.
+#[async_trait]
+pub trait GroupLog: GroupStore {
+    fn log_group(
+        &self,
+        entry: GroupAppend,
+        seqs: GroupSeqs,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<GroupOutcome>>;
+
+    fn log_group_read(
+        &self,
+        user: &str,
+        group: &str,
+        up_to: u64,
+        own_seq: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<GroupReadOutcome>>;
+
+    /// Whether `user` has an unread mention in `conversation`.
+    async fn mentioned(&self, user: &str, conversation: &str) -> StoreResult<bool>;
+
+    /// `user`'s read position in large group `group`: the msgid it is at, and the messages
+    /// after it.
+    async fn read_position(&self, user: &str, group: &str) -> StoreResult<(u64, u64)>;
+
+    /// Whether `group` is a large one (`None`: no such group). Cheap: no member is read.
+    async fn is_large(&self, group: &str) -> StoreResult<Option<bool>>;
 }

@@ -18,6 +18,9 @@ impl GroupStore for LsmStore {
         Box::pin(async move {
             match answer?.await.map_err(|_| writer_gone())?? {
                 Output::Group(outcome) => Ok(*outcome),
+                Output::Conflict { user, seq } => Err(StoreError(format!(
+                    "seq {seq} of {user} is already written (the embedded store allocates its own)"
+                ))),
                 _ => Err(unexpected_output()),
             }
         })

@@ -85,7 +85,19 @@ struct PlannedCopy {
 }
 
 impl Pending<'_> {
-    pub(super) fn append_group(&mut self, g: &GroupAppend) -> StoreResult<GroupOutcome> {
+    /// A group entry, at the next seqs (embedded) or at the seqs the index allocated (`given`,
+    /// log mode: then no unread counts or recency rows, which the index keeps, and a seq that
+    /// holds an event refuses the whole write with [`Output::Conflict`]).
+    pub(super) fn append_group(
+        &mut self,
+        g: &GroupAppend,
+        given: Option<&GroupSeqs>,
+    ) -> StoreResult<Output> {
+        if let Some(seqs) = given {
+            if seqs.copies.len() != g.copies.len() {
+                return Err(StoreError::new("a group write names a seq per copy"));
+            }
+        }
         let conversation = Conversation::Group(g.group.clone()).to_string();
         let message = match &g.entry {
             GroupEntry::Message(m) => Some(m),
@@ -95,7 +107,22 @@ impl Pending<'_> {
             Some(m) => {
                 let key = checked_key(pair_key(&m.from, m.client_msg_id.as_bytes()))?;
                 if let Some(original) = self.get(Table::Dedup, &key)? {
-                    return Ok(GroupOutcome::Duplicate(decode_dedup(&original)?.0));
+                    if let Some(seqs) = given {
+                        // The seqs the index gave this resend stay taken, as gaps.
+                        let owner = log_owner(&g.group);
+                        let gaps: Vec<(String, Event)> =
+                            std::iter::once((owner, gap_event(seqs.group_seq)))
+                                .chain(
+                                    g.copies
+                                        .iter()
+                                        .zip(&seqs.copies)
+                                        .map(|(c, s)| (c.owner.clone(), gap_event(*s))),
+                                )
+                                .collect();
+                        self.write_free(&gaps)?;
+                    }
+                    let original = decode_dedup(&original)?.0;
+                    return Ok(Output::Group(Box::new(GroupOutcome::Duplicate(original))));
                 }
                 let by_time = checked_key(by_time_key(g.ts, &m.from, &m.client_msg_id))?;
                 Some((key, by_time, m.from.clone()))
@@ -104,13 +131,30 @@ impl Pending<'_> {
         };
 
         let owner = log_owner(&g.group);
-        let group_seq = self.next_seq(&owner)?;
+        if let Some(seqs) = given {
+            let at = std::iter::once((owner.as_str(), seqs.group_seq)).chain(
+                g.copies
+                    .iter()
+                    .zip(&seqs.copies)
+                    .map(|(c, s)| (c.owner.as_str(), *s)),
+            );
+            if let Some(conflict) = self.first_taken(at)? {
+                return Ok(conflict);
+            }
+        }
+        let group_seq = match given {
+            Some(seqs) => seqs.group_seq,
+            None => self.next_seq(&owner)?,
+        };
         // Every copy is the log's event at its own seq: built once, cloned per copy.
         let log_event = g.event(group_seq, group_seq);
         let log_row = event_row(&owner, &log_event)?;
         let mut copies = Vec::with_capacity(g.copies.len());
-        for c in &g.copies {
-            let seq = self.next_seq(&c.owner)?;
+        for (i, c) in g.copies.iter().enumerate() {
+            let seq = match given {
+                Some(seqs) => seqs.copies[i],
+                None => self.next_seq(&c.owner)?,
+            };
             let event = Event {
                 seq,
                 ..log_event.clone()
@@ -121,7 +165,7 @@ impl Pending<'_> {
                 false => None,
             };
             let key = checked_key(user_conv_key(&c.owner, &conversation))?;
-            let unread = match c.unread && message.is_some() {
+            let unread = match c.unread && message.is_some() && given.is_none() {
                 true => Some((
                     key.clone(),
                     self.get_u64(Table::UnreadCount, &key, "unread count")?,
@@ -201,13 +245,25 @@ impl Pending<'_> {
         let dedup_value = checked_value(encode_dedup(&sent, g.ts))?;
         let max = self.get_u64(Table::Meta, META_MAX_MSG_ID, "max msg_id")?;
 
+        // Log mode: the last seqs only ever rise (a retried write may land below them).
+        let log_mode = given.is_some();
+        let mut last_seqs = Vec::with_capacity(copies.len() + 1);
+        for (who, seq) in std::iter::once((owner.as_str(), group_seq))
+            .chain(copies.iter().map(|c| (c.owner.as_str(), c.event.seq)))
+        {
+            let last = match log_mode {
+                true => self.get_u64(Table::LastSeq, who.as_bytes(), "last seq")?,
+                false => 0,
+            };
+            last_seqs.push((seq > last).then_some(seq));
+        }
+        let mut last_seqs = last_seqs.into_iter();
+
         // Writes: nothing below can fail.
-        self.put(
-            Table::LastSeq,
-            owner.as_bytes().to_vec(),
-            u64_value(group_seq),
-        );
-        self.batch.insert(&self.ks.events, log_row.0, log_row.1);
+        if let Some(seq) = last_seqs.next().flatten() {
+            self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(seq));
+        }
+        self.put(Table::Events, log_row.0, log_row.1);
         if message.is_some() {
             self.batch
                 .insert(&self.ks.conv_index, history_key, u64_value(group_seq));
@@ -220,14 +276,17 @@ impl Pending<'_> {
         }
         let mut written = Vec::with_capacity(copies.len());
         for c in copies {
-            self.put(
-                Table::LastSeq,
-                c.owner.as_bytes().to_vec(),
-                u64_value(c.event.seq),
-            );
-            self.batch.insert(&self.ks.events, c.row.0, c.row.1);
-            if let Some(update) = c.inbox {
-                self.write_inbox(update);
+            if let Some(seq) = last_seqs.next().flatten() {
+                self.put(Table::LastSeq, c.owner.as_bytes().to_vec(), u64_value(seq));
+            }
+            self.put(Table::Events, c.row.0, c.row.1);
+            match c.inbox {
+                Some(update) if log_mode => {
+                    self.batch
+                        .insert(&self.ks.conv_index, update.index_key, u64_value(update.seq));
+                }
+                Some(update) => self.write_inbox(update),
+                None => {}
             }
             if let Some((count_key, count)) = c.unread {
                 let mut unread_key = count_key.clone();
@@ -270,20 +329,30 @@ impl Pending<'_> {
         if g.msg_id > max {
             self.put(Table::Meta, META_MAX_MSG_ID.to_vec(), u64_value(g.msg_id));
         }
-        Ok(GroupOutcome::Fresh(super::super::groups::GroupAppended {
-            sent,
-            log_event,
-            copies: written,
-        }))
+        Ok(Output::Group(Box::new(GroupOutcome::Fresh(
+            super::super::groups::GroupAppended {
+                sent,
+                log_event,
+                copies: written,
+            },
+        ))))
     }
 
     /// Runs alone in its batch (like `mark_read`): it scans committed `group_ordinal` rows.
+    /// `own_seq`: log mode, the seq the index allocated for the reader's receipt (a gap there if
+    /// the read moves nothing).
     pub(super) fn mark_group_read(
         &mut self,
         user: &str,
         group: &str,
         up_to: u64,
-    ) -> StoreResult<GroupReadOutcome> {
+        own_seq: Option<u64>,
+    ) -> StoreResult<Output> {
+        if let Some(seq) = own_seq {
+            if let Some(conflict) = self.first_taken([(user, seq)])? {
+                return Ok(conflict);
+            }
+        }
         let conversation = Conversation::Group(group.to_string()).to_string();
         let key = checked_key(user_conv_key(user, &conversation))?;
         let head = match self.get(Table::GroupHead, group.as_bytes())? {
@@ -313,12 +382,18 @@ impl Pending<'_> {
             None => None,
         };
         let Some((ordinal, msg_id)) = found.filter(|(o, _)| *o > current) else {
-            return Ok(GroupReadOutcome {
+            if let Some(seq) = own_seq {
+                self.write_free(&[(user.to_string(), gap_event(seq))])?;
+            }
+            return Ok(Output::GroupRead(Box::new(GroupReadOutcome {
                 unread: head.msg_count.saturating_sub(current),
                 own_receipt: None,
-            });
+            })));
         };
-        let seq = self.next_seq(user)?;
+        let seq = match own_seq {
+            Some(seq) => seq,
+            None => self.next_seq(user)?,
+        };
         let receipt = receipt_event(seq, conversation, user, msg_id);
         let row = event_row(user, &receipt)?;
 
@@ -327,11 +402,10 @@ impl Pending<'_> {
         if mention.is_some_and(|m| m <= up_to) {
             self.remove(Table::Mentions, key);
         }
-        self.put(Table::LastSeq, user.as_bytes().to_vec(), u64_value(seq));
-        self.batch.insert(&self.ks.events, row.0, row.1);
-        Ok(GroupReadOutcome {
+        self.put_event(user, row, seq)?;
+        Ok(Output::GroupRead(Box::new(GroupReadOutcome {
             unread: head.msg_count.saturating_sub(ordinal),
             own_receipt: Some(receipt),
-        })
+        })))
     }
 }

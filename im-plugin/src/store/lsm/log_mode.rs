@@ -23,7 +23,10 @@ use super::{
     Output, Pending, Table, META_MAX_MSG_ID,
 };
 use crate::conversation::Conversation;
-use crate::store::log::{LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite};
+use crate::store::groups::{GroupAppend, GroupOutcome, GroupReadOutcome};
+use crate::store::log::{
+    GroupLog, GroupSeqs, LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite,
+};
 use crate::store::{
     gap_event, receipt_event, Appended, HistoryPage, InboxStore, MessageStore, NewMessage,
     SendOutcome, SentRecord, StoreError, StoreResult,
@@ -31,14 +34,14 @@ use crate::store::{
 
 impl Pending<'_> {
     /// Whether `seq` of `user` holds an event, committed or earlier in this batch.
-    fn taken(&self, user: &str, seq: u64) -> StoreResult<bool> {
+    pub(super) fn taken(&self, user: &str, seq: u64) -> StoreResult<bool> {
         Ok(self
             .get(Table::Events, &checked_key(event_key(user, seq))?)?
             .is_some())
     }
 
     /// The first of `seqs` (owner, seq) that is taken, as the conflict to report.
-    fn first_taken<'s>(
+    pub(super) fn first_taken<'s>(
         &self,
         seqs: impl IntoIterator<Item = (&'s str, u64)>,
     ) -> StoreResult<Option<Output>> {
@@ -54,7 +57,12 @@ impl Pending<'_> {
     }
 
     /// An event row of the log, visible to the rest of the batch, and the stream's last seq.
-    fn put_event(&mut self, owner: &str, row: (Vec<u8>, Slice), seq: u64) -> StoreResult<()> {
+    pub(super) fn put_event(
+        &mut self,
+        owner: &str,
+        row: (Vec<u8>, Slice),
+        seq: u64,
+    ) -> StoreResult<()> {
         let last = self.get_u64(Table::LastSeq, owner.as_bytes(), "last seq")?;
         if seq > last {
             self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(seq));
@@ -147,7 +155,7 @@ impl Pending<'_> {
     }
 
     /// Writes each event whose seq is free; skips the others.
-    fn write_free(&mut self, events: &[(String, Event)]) -> StoreResult<()> {
+    pub(super) fn write_free(&mut self, events: &[(String, Event)]) -> StoreResult<()> {
         let mut rows = Vec::with_capacity(events.len());
         for (owner, event) in events {
             if !self.taken(owner, event.seq)? {
@@ -176,17 +184,19 @@ impl Pending<'_> {
             return Ok(Output::Logged(false));
         }
         let own = receipt_event(r.own_seq, r.conversation.clone(), &r.user, r.up_to);
-        let theirs = receipt_event(
-            r.peer_seq,
-            Conversation::with_user(&r.user),
-            &r.user,
-            r.up_to,
-        );
+        let theirs = receipt_event(r.peer_seq, r.peer_conversation(), &r.user, r.up_to);
         let at = [(r.user.as_str(), r.own_seq), (r.peer.as_str(), r.peer_seq)];
         if let Some(conflict) = self.first_taken(at)? {
             return Ok(conflict);
         }
+        let mention = match self.get(Table::Mentions, &key)? {
+            Some(v) => decode_u64(&v, "mention")? <= r.up_to,
+            None => false,
+        };
         self.write_free(&[(r.user.clone(), own), (r.peer.clone(), theirs)])?;
+        if mention {
+            self.remove(Table::Mentions, key.clone());
+        }
         self.put(Table::ReadUpto, key, u64_value(r.up_to));
         Ok(Output::Logged(true))
     }
@@ -312,5 +322,96 @@ impl MessageLog for LsmStore {
     /// fjall locks its folder: no other process can write this log.
     fn single_writer(&self) -> bool {
         true
+    }
+
+    fn groups(&self) -> Option<&dyn GroupLog> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl GroupLog for LsmStore {
+    fn log_group(
+        &self,
+        entry: GroupAppend,
+        seqs: GroupSeqs,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<GroupOutcome>> {
+        let op = Op::LogGroup {
+            entry,
+            seqs,
+            deadline,
+        };
+        self.submit_log(op, |o| match o {
+            Output::Group(outcome) => Some(*outcome),
+            _ => None,
+        })
+    }
+
+    fn log_group_read(
+        &self,
+        user: &str,
+        group: &str,
+        up_to: u64,
+        own_seq: u64,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<GroupReadOutcome>> {
+        let op = Op::LogGroupRead {
+            user: user.to_string(),
+            group: group.to_string(),
+            up_to,
+            own_seq,
+            deadline,
+        };
+        self.submit_log(op, |o| match o {
+            Output::GroupRead(outcome) => Some(*outcome),
+            _ => None,
+        })
+    }
+
+    async fn mentioned(&self, user: &str, conversation: &str) -> StoreResult<bool> {
+        let key = checked_key(user_conv_key(user, conversation))?;
+        self.read(move |ks| Ok(ks.mentions.get(&key).map_err(StoreError::new)?.is_some()))
+            .await
+    }
+
+    async fn read_position(&self, user: &str, group: &str) -> StoreResult<(u64, u64)> {
+        let conversation = Conversation::Group(group.to_string()).to_string();
+        let key = checked_key(user_conv_key(user, &conversation))?;
+        let group = group.to_owned();
+        self.read(move |ks| {
+            let head = match ks
+                .group_head
+                .get(group.as_bytes())
+                .map_err(StoreError::new)?
+            {
+                Some(v) => super::groups::decode_head(&v)?,
+                None => super::groups::Head::default(),
+            };
+            let (ordinal, msg_id) = match ks.group_read.get(&key).map_err(StoreError::new)? {
+                Some(v) => super::groups::decode_read(&v)?,
+                None => (0, 0),
+            };
+            Ok((msg_id, head.msg_count.saturating_sub(ordinal)))
+        })
+        .await
+    }
+
+    async fn is_large(&self, group: &str) -> StoreResult<Option<bool>> {
+        let group = group.to_owned();
+        self.read(move |ks| {
+            match ks
+                .group_meta
+                .get(group.as_bytes())
+                .map_err(StoreError::new)?
+            {
+                Some(v) => Ok(Some(
+                    super::groups::from_json::<crate::store::groups::GroupMeta>(&v, "group meta")?
+                        .large,
+                )),
+                None => Ok(None),
+            }
+        })
+        .await
     }
 }

@@ -61,11 +61,11 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::groups::{GroupAppend, GroupOutcome, GroupReadOutcome};
-use super::log::{MessageSeqs, ReceiptWrite};
+use super::log::{GroupSeqs, MessageSeqs, ReceiptWrite};
 use super::{
-    decode_message, receipt_event, Appended, ConversationPage, ConversationSummary, HistoryPage,
-    InboxStore, MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError,
-    StoreResult, StreamPage,
+    decode_message, gap_event, receipt_event, Appended, ConversationPage, ConversationSummary,
+    HistoryPage, InboxStore, MessageStore, NewMessage, ReadOutcome, SendOutcome, SentRecord,
+    StoreError, StoreResult, StreamPage,
 };
 use crate::conversation::Conversation;
 
@@ -243,6 +243,20 @@ enum Op {
         user: String,
         group: String,
         up_to: u64,
+    },
+    /// Log mode: a group entry at the seqs the index allocated.
+    LogGroup {
+        entry: GroupAppend,
+        seqs: GroupSeqs,
+        deadline: Instant,
+    },
+    /// Log mode: a large-group read position, the reader's receipt at the seq allocated.
+    LogGroupRead {
+        user: String,
+        group: String,
+        up_to: u64,
+        own_seq: u64,
+        deadline: Instant,
     },
 }
 

@@ -23,7 +23,7 @@ pub(super) fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, stats: &C
         for job in jobs.drain(..) {
             if matches!(
                 job.op,
-                Op::Purge { .. } | Op::Read { .. } | Op::GroupRead { .. }
+                Op::Purge { .. } | Op::Read { .. } | Op::GroupRead { .. } | Op::LogGroupRead { .. }
             ) {
                 commit_segment(ks, &mut segment, stats);
                 segment.push(job);
@@ -158,10 +158,26 @@ impl<'a> Pending<'a> {
                 check_deadline(*deadline)?;
                 self.log_receipts(receipt)
             }
-            Op::Group(entry) => self.append_group(entry).map(|o| Output::Group(Box::new(o))),
-            Op::GroupRead { user, group, up_to } => self
-                .mark_group_read(user, group, *up_to)
-                .map(|o| Output::GroupRead(Box::new(o))),
+            Op::Group(entry) => self.append_group(entry, None),
+            Op::GroupRead { user, group, up_to } => self.mark_group_read(user, group, *up_to, None),
+            Op::LogGroup {
+                entry,
+                seqs,
+                deadline,
+            } => {
+                check_deadline(*deadline)?;
+                self.append_group(entry, Some(seqs))
+            }
+            Op::LogGroupRead {
+                user,
+                group,
+                up_to,
+                own_seq,
+                deadline,
+            } => {
+                check_deadline(*deadline)?;
+                self.mark_group_read(user, group, *up_to, Some(*own_seq))
+            }
         }
     }
 }

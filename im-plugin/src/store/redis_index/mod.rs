@@ -100,6 +100,12 @@ pub enum AllocRequest {
         to: String,
         client_msg_id: String,
     },
+    /// Seqs for a group entry: one in each of `owners`' streams (the group's log first), unless
+    /// `dedup` (sender, clientMsgId) is in the dedup cache.
+    Group {
+        owners: Vec<String>,
+        dedup: Option<(String, String)>,
+    },
     /// Mark read up to `up_to`; seqs for the two receipts if anything was unread.
     Read {
         user: String,
@@ -117,6 +123,8 @@ pub enum AllocRequest {
 pub enum Allocated {
     /// The sender's seq, then the recipient's (absent for a note to self).
     Message { sender: u64, recipient: Option<u64> },
+    /// A seq per owner of a [`AllocRequest::Group`], in its order.
+    Group(Vec<u64>),
     /// The dedup cache knows this (sender, clientMsgId): nothing was allocated.
     Duplicate(SentRecord),
     /// What reading did; `receipts` holds the reader's and the peer's new seqs.
@@ -161,6 +169,7 @@ pub struct RedisIndex {
     alloc: Script,
     read: Script,
     apply: Script,
+    apply_group: Script,
     restore: Script,
     offline: Script,
     online: Script,
@@ -195,6 +204,7 @@ impl RedisIndex {
             alloc: Script::new(ALLOC_LUA),
             read: Script::new(READ_LUA),
             apply: Script::new(APPLY_LUA),
+            apply_group: Script::new(APPLY_GROUP_LUA),
             restore: Script::new(RESTORE_LUA),
             offline: Script::new(OFFLINE_LUA),
             online: Script::new(ONLINE_LUA),
@@ -365,6 +375,21 @@ impl RedisIndex {
                         .arg(dedup_horizon);
                     pipe.invoke_script(&call);
                 }
+                AllocRequest::Group { owners, dedup } => {
+                    let mut call = self.alloc.prepare_invoke();
+                    for owner in owners {
+                        call.key(self.user_key("seq", owner));
+                    }
+                    // A change has no dedup entry: a key nothing writes stands in for it.
+                    match dedup {
+                        Some((from, client_msg_id)) => {
+                            call.key(self.dedup_key(from, client_msg_id))
+                        }
+                        None => call.key(format!("{}:nodedup", self.prefix)),
+                    };
+                    call.arg(&rid).arg(dedup_horizon);
+                    pipe.invoke_script(&call);
+                }
                 AllocRequest::Read {
                     user,
                     conversation,
@@ -450,6 +475,75 @@ impl RedisIndex {
                 1 => from.to_string(),
                 _ => to.to_string(),
             })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Indexes a group entry the log has made durable: for each copy (owner, recent, unread),
+    /// recency and unread as its flags say, and the sender's dedup cache entry. `Ok(Some(user))`
+    /// when that owner's keys are stale (nothing changed). Idempotent.
+    pub async fn apply_group(
+        &self,
+        conversation: &str,
+        copies: &[(String, bool, bool)],
+        dedup: Option<(&str, &str, &SentRecord)>,
+        msg_id: u64,
+        ts: i64,
+    ) -> StoreResult<Option<String>> {
+        let indexed: Vec<&(String, bool, bool)> =
+            copies.iter().filter(|(_, r, u)| *r || *u).collect();
+        if indexed.is_empty() && dedup.is_none() {
+            return Ok(None);
+        }
+        let mut call = self.apply_group.prepare_invoke();
+        match dedup {
+            Some((from, client_msg_id, _)) => call.key(self.dedup_key(from, client_msg_id)),
+            None => call.key(format!("{}:nodedup", self.prefix)),
+        };
+        for (owner, _, _) in &indexed {
+            call.key(self.user_key("seq", owner))
+                .key(self.user_key("recent", owner))
+                .key(self.user_key("unread", owner))
+                .key(self.unread_set_key(owner, conversation))
+                .key(self.user_key("readupto", owner));
+        }
+        let rid = self.run_id();
+        call.arg(&rid)
+            .arg(ts)
+            .arg(conversation)
+            .arg(
+                dedup
+                    .map(|(_, _, sent)| encode_sent(sent))
+                    .unwrap_or_default(),
+            )
+            .arg(self.dedup_ttl_secs)
+            .arg(padded(msg_id));
+        for (_, recent, unread) in &indexed {
+            let flags = match (recent, unread) {
+                (true, true) => "ru",
+                (true, false) => "r",
+                (false, true) => "u",
+                (false, false) => "-",
+            };
+            call.arg(flags);
+        }
+        let mut pipe = Self::verified_pipe();
+        pipe.invoke_script(&call);
+        let values = self.query_with_scripts(&pipe, &[&self.apply_group]).await?;
+        let first = indexed.first().map(|(o, _, _)| o.clone());
+        let Some(values) = self.verified_answer(values, &rid).await? else {
+            return Ok(Some(first.unwrap_or_default()));
+        };
+        let items = array(values.first().unwrap_or(&Value::Nil))?;
+        match text(items.first())?.as_str() {
+            "ok" => Ok(None),
+            "stale" => {
+                let i = usize::try_from(int(items.get(1))?).unwrap_or(0);
+                Ok(Some(indexed.get(i.wrapping_sub(1)).map_or_else(
+                    || first.unwrap_or_default(),
+                    |(o, _, _)| o.clone(),
+                )))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -567,6 +661,12 @@ mod tests {
             ts: -5,
         };
         assert_eq!(decode_sent(&encode_sent(&sent)).unwrap(), sent);
+        let group = SentRecord {
+            group_seq: 41,
+            conversation: "g:7".into(),
+            ..sent
+        };
+        assert_eq!(decode_sent(&encode_sent(&group)).unwrap(), group);
         assert!(decode_sent("1:2").is_err());
     }
 }

@@ -69,6 +69,35 @@ end
 return {'ok'}
 ";
 
+/// Indexes a logged group entry's copies; idempotent like APPLY. KEYS: 1 the sender's dedup
+/// cache entry, then per copy 5 keys: seq, recent, unread counts, unread set of the group,
+/// read pointers. ARGV: 1 run_id, 2 ts, 3 conversation, 4 dedup record ('' for none), 5 dedup
+/// ttl, 6 padded msgid, then per copy its flags: 'r' moves the conversation up the owner's
+/// recent list, 'u' makes the message unread for them. Returns {'stale', i} | {'ok'}.
+pub(super) const APPLY_GROUP_LUA: &str = r"
+local n = (#KEYS - 1) / 5
+for i = 1, n do
+  if redis.call('HGET', KEYS[2 + (i - 1) * 5], 'rid') ~= ARGV[1] then return {'stale', i} end
+end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5]) end
+for i = 1, n do
+  local k = 1 + (i - 1) * 5
+  local flags = ARGV[6 + i]
+  if string.find(flags, 'r', 1, true) then
+    redis.call('ZADD', KEYS[k + 2], 'GT', ARGV[2], ARGV[3])
+  end
+  if string.find(flags, 'u', 1, true) then
+    local r = redis.call('HGET', KEYS[k + 5], ARGV[3])
+    if not r or r < ARGV[6] then
+      if redis.call('ZADD', KEYS[k + 4], 0, ARGV[6]) == 1 then
+        redis.call('HINCRBY', KEYS[k + 3], ARGV[3], 1)
+      end
+    end
+  end
+end
+return {'ok'}
+";
+
 /// Replaces a user's index with what the log says. KEYS: 1 seq, 2 unread counts, 3 read
 /// pointers, 4 recent. ARGV: 1 run_id, 2 floor (the log's highest seq), 3 prefix of the unread
 /// sets, then per conversation: name, read pointer or '', updated_at or '', k, k msgids.

@@ -6,11 +6,18 @@ use redis::Value;
 use super::{AllocRequest, Allocated};
 use crate::store::{SentRecord, StoreError, StoreResult};
 
+/// `msgid:seq:ts:conversation`, and for a group message `\0` + its group seq (a conversation id
+/// holds no NUL).
 pub(super) fn encode_sent(sent: &SentRecord) -> String {
-    format!(
+    let mut s = format!(
         "{}:{}:{}:{}",
         sent.msg_id, sent.seq, sent.ts, sent.conversation
-    )
+    );
+    if sent.group_seq != 0 {
+        s.push('\0');
+        s.push_str(&sent.group_seq.to_string());
+    }
+    s
 }
 
 pub(super) fn decode_sent(s: &str) -> StoreResult<SentRecord> {
@@ -24,9 +31,13 @@ pub(super) fn decode_sent(s: &str) -> StoreResult<SentRecord> {
     let msg_id = number("msg_id")?.parse().map_err(bad)?;
     let seq = number("seq")?.parse().map_err(bad)?;
     let ts = number("ts")?.parse().map_err(bad)?;
-    let conversation = number("conversation")?.to_string();
+    let rest = number("conversation")?;
+    let (conversation, group_seq) = match rest.split_once('\0') {
+        Some((c, g)) => (c.to_string(), g.parse().map_err(bad)?),
+        None => (rest.to_string(), 0),
+    };
     Ok(SentRecord {
-        group_seq: 0,
+        group_seq,
         msg_id,
         seq,
         conversation,
@@ -38,6 +49,12 @@ pub(super) fn parse_allocated(request: &AllocRequest, value: &Value) -> StoreRes
     let items = array(value)?;
     let tag = text(items.first())?;
     let stale_user = |i: i64| match (request, i) {
+        (AllocRequest::Group { owners, .. }, i) => usize::try_from(i)
+            .ok()
+            .and_then(|i| owners.get(i.wrapping_sub(1)))
+            .or(owners.first())
+            .cloned()
+            .unwrap_or_default(),
         (AllocRequest::Message { from, .. }, 1) | (AllocRequest::Read { user: from, .. }, 1) => {
             from.clone()
         }
@@ -46,7 +63,12 @@ pub(super) fn parse_allocated(request: &AllocRequest, value: &Value) -> StoreRes
     };
     match (request, tag.as_str()) {
         (_, "stale") => Ok(Allocated::Stale(stale_user(int(items.get(1))?))),
-        (AllocRequest::Message { .. }, "dup") => {
+        (AllocRequest::Group { owners, .. }, "ok") => Ok(Allocated::Group(
+            (1..=owners.len())
+                .map(|i| seq(items.get(i)))
+                .collect::<StoreResult<Vec<u64>>>()?,
+        )),
+        (AllocRequest::Message { .. } | AllocRequest::Group { .. }, "dup") => {
             Ok(Allocated::Duplicate(decode_sent(&text(items.get(1))?)?))
         }
         (AllocRequest::Message { from, to, .. }, "ok") => Ok(Allocated::Message {

@@ -29,7 +29,6 @@ use mqim_schemas::v1::Event;
 use prost::Message as _;
 
 use super::{event_bucket, to_i64, Inner, WriteBatch};
-use crate::conversation::Conversation;
 use crate::store::log::{LogError, LogResult, ReceiptWrite};
 use crate::store::{gap_event, receipt_event, StoreResult};
 
@@ -156,12 +155,7 @@ impl Inner {
             return Ok(false);
         }
         let own = receipt_event(r.own_seq, r.conversation.clone(), &r.user, r.up_to);
-        let theirs = receipt_event(
-            r.peer_seq,
-            Conversation::with_user(&r.user),
-            &r.user,
-            r.up_to,
-        );
+        let theirs = receipt_event(r.peer_seq, r.peer_conversation(), &r.user, r.up_to);
         let copies = [(r.user.as_str(), &own), (r.peer.as_str(), &theirs)];
         self.claim_events(&copies, deadline).await?;
         match self.raise_read_pointer(r, deadline).await {

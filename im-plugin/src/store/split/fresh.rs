@@ -7,7 +7,7 @@
 //! or one the pipeline spawns), one at a time per user and side by side for different users, so a
 //! user with a long stream delays only their own requests.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,9 +15,12 @@ use mqim_schemas::v1::event;
 use tracing::{debug, info};
 
 use super::Shared;
+use crate::conversation::Conversation;
 use crate::store::redis_index::RebuiltConversation;
 use crate::store::{StoreError, StoreResult};
 
+/// Stream owners that start with this are groups' logs ([`crate::store::groups::log_owner`]).
+const GROUP_LOG_MARK: char = '#';
 /// Events read per log call while rebuilding a user.
 const REBUILD_PAGE: usize = 1000;
 /// Fresh users remembered at most; past it the set starts over (they are checked again).
@@ -117,6 +120,14 @@ impl Shared {
     async fn rebuild(&self, user: &str, rid: &str) -> StoreResult<()> {
         self.quiesce(user).await;
         let floor = self.log.max_seq(user).await?;
+        if user.starts_with(GROUP_LOG_MARK) {
+            // A group's log: only its counter is indexed.
+            self.index.restore(user, rid, floor, &[]).await?;
+            return Ok(());
+        }
+        // Large groups keep their unread counts and recency in the log (positions), not in
+        // the index: their copies (mentions) are left out here.
+        let mut large: HashMap<String, bool> = HashMap::new();
         let mut convs: BTreeMap<String, RebuiltConversation> = BTreeMap::new();
         let mut peers_messages: Vec<(String, u64)> = Vec::new();
         let mut after = 0;
@@ -127,6 +138,9 @@ impl Shared {
             for e in events {
                 match e.body {
                     Some(event::Body::Message(m)) => {
+                        if self.in_large_group(&m.conversation, &mut large).await? {
+                            continue;
+                        }
                         let c = conv_entry(&mut convs, &m.conversation);
                         c.updated_at = Some(c.updated_at.map_or(m.ts, |t| t.max(m.ts)));
                         if m.from != user {
@@ -156,6 +170,25 @@ impl Shared {
             );
         }
         Ok(())
+    }
+
+    /// Whether `conversation` is a large group's (looked up once per rebuild).
+    async fn in_large_group(
+        &self,
+        conversation: &str,
+        known: &mut HashMap<String, bool>,
+    ) -> StoreResult<bool> {
+        let (Some(Conversation::Group(group)), Some(log)) =
+            (Conversation::parse(conversation), self.log.groups())
+        else {
+            return Ok(false);
+        };
+        if let Some(large) = known.get(&group) {
+            return Ok(*large);
+        }
+        let large = log.is_large(&group).await?.unwrap_or(false);
+        known.insert(group, large);
+        Ok(large)
     }
 
     /// The user's seq counter, after making sure it is not stale.

@@ -53,12 +53,17 @@
 //! rebuild; seqs stay safe through the log's conflict check), or survive Redis Cluster (see
 //! [`super::redis_index`]).
 //!
-//! Files: `pipeline.rs` (the allocation pipeline, dispatch of log writes, retries),
+//! Groups: see `groups.rs`; an entry is allocated, logged and indexed like a message with N
+//! copies, and the group's log is a stream of its own whose counter is rebuilt like a user's.
+//!
+//! Files: `pipeline.rs` (the allocation pipeline, dispatch of log writes, retries), `groups.rs`
+//! (group entries and reads, the [`crate::store::groups::GroupStore`] of the split store),
 //! `fresh.rs` (which users are checked against the log, rebuilds), `stream.rs` (reading a stream
 //! with its holes), `claims.rs` (node id and log claims, node liveness, presence), `tests/`.
 
 mod claims;
 mod fresh;
+mod groups;
 mod pipeline;
 mod stream;
 #[cfg(test)]
@@ -80,6 +85,7 @@ use super::{
     ConversationPage, ConversationSummary, HistoryPage, InboxStore, MessageStore, NewMessage,
     PresenceStore, ReadOutcome, SendOutcome, StoreError, StoreResult, StreamPage,
 };
+use crate::conversation::Conversation;
 pub use claims::{node_identity, LogClaim, NodeClaims};
 use pipeline::Job;
 
@@ -120,9 +126,6 @@ type Reply<T> = oneshot::Sender<StoreResult<T>>;
 type SendKey = (String, String);
 
 /// The split store. Dropping it stops its pipeline once queued requests are done.
-/// Groups are not on the split store yet: its `GroupStore` refuses them with a clear error.
-impl crate::store::groups::GroupStore for SplitStore {}
-
 pub struct SplitStore {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
@@ -314,9 +317,16 @@ impl InboxStore for SplitStore {
             conversations: Vec::with_capacity(lasts.len()),
             has_more: recent.has_more,
         };
+        let groups = self.shared.log.groups();
         for ((id, updated_at, unread), last) in recent.conversations.into_iter().zip(lasts) {
+            let mentioned = match groups {
+                Some(g) if matches!(Conversation::parse(&id), Some(Conversation::Group(_))) => {
+                    g.mentioned(user, &id).await?
+                }
+                _ => false,
+            };
             page.conversations.push(ConversationSummary {
-                mentioned: false,
+                mentioned,
                 last_group_seq: 0,
                 id,
                 unread,

@@ -10,13 +10,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::fresh::{debug_rebuild_failed, Writing};
 use super::{Reply, Shared};
 use crate::conversation::Conversation;
-use crate::store::log::{LogError, MessageSeqs, ReceiptWrite};
+use crate::store::groups::{log_owner, GroupAppend, GroupEntry, GroupOutcome, GroupReadOutcome};
+use crate::store::log::{peer_conversation, LogError, MessageSeqs, ReceiptWrite};
 use crate::store::redis_index::{AllocRequest, Allocated};
 use crate::store::{
     receipt_event, NewMessage, ReadOutcome, SendOutcome, SentRecord, StoreError, StoreResult,
@@ -39,10 +41,28 @@ pub(super) enum Job {
     Read {
         user: String,
         conversation: String,
+        /// Who gets the receipt: the other user; in a small group, the sender of the newest
+        /// message the read covers (looked up in the log before allocating: `resolved`).
+        peer: Option<String>,
+        resolved: bool,
         up_to: u64,
         /// Allocate receipt seqs even if Redis says nothing changed (the log says they are due).
         force: bool,
         reply: Reply<ReadOutcome>,
+        attempt: u8,
+    },
+    /// A group entry (`groups.rs`).
+    Group {
+        entry: GroupAppend,
+        reply: Reply<GroupOutcome>,
+        attempt: u8,
+    },
+    /// A member's read position in a large group (`groups.rs`).
+    GroupRead {
+        user: String,
+        group: String,
+        up_to: u64,
+        reply: Reply<GroupReadOutcome>,
         attempt: u8,
     },
 }
@@ -62,9 +82,12 @@ impl Job {
         up_to: u64,
         reply: Reply<ReadOutcome>,
     ) -> Job {
+        let peer = peer_of(conversation).map(str::to_string);
         Job::Read {
             user: user.to_string(),
             conversation: conversation.to_string(),
+            resolved: peer.is_some(),
+            peer,
             up_to,
             force: false,
             reply,
@@ -72,16 +95,18 @@ impl Job {
         }
     }
 
-    fn users(&self) -> Vec<String> {
+    pub(super) fn users(&self) -> Vec<String> {
         match self {
             Job::Append { msg, .. } => vec![msg.from.clone(), msg.to.clone()],
-            Job::Read {
-                user, conversation, ..
-            } => {
+            Job::Read { user, peer, .. } => {
                 let mut users = vec![user.clone()];
-                users.extend(peer_of(conversation).map(str::to_string));
+                users.extend(peer.iter().filter(|p| *p != user).cloned());
                 users
             }
+            Job::Group { entry, .. } => std::iter::once(log_owner(&entry.group))
+                .chain(entry.copies.iter().map(|c| c.owner.clone()))
+                .collect(),
+            Job::GroupRead { user, .. } => vec![user.clone()],
         }
     }
 
@@ -89,16 +114,20 @@ impl Job {
     /// itself when it comes round again).
     fn bumped(mut self) -> Job {
         match &mut self {
-            Job::Append { attempt, .. } | Job::Read { attempt, .. } => {
-                *attempt = attempt.saturating_add(1)
-            }
+            Job::Append { attempt, .. }
+            | Job::Read { attempt, .. }
+            | Job::Group { attempt, .. }
+            | Job::GroupRead { attempt, .. } => *attempt = attempt.saturating_add(1),
         }
         self
     }
 
     fn attempt(&self) -> u8 {
         match self {
-            Job::Append { attempt, .. } | Job::Read { attempt, .. } => *attempt,
+            Job::Append { attempt, .. }
+            | Job::Read { attempt, .. }
+            | Job::Group { attempt, .. }
+            | Job::GroupRead { attempt, .. } => *attempt,
         }
     }
 
@@ -112,15 +141,27 @@ impl Job {
             Job::Read {
                 user,
                 conversation,
+                peer,
                 up_to,
                 force,
                 ..
             } => AllocRequest::Read {
                 user: user.clone(),
                 conversation: conversation.clone(),
-                peer: peer_of(conversation).map(str::to_string),
+                peer: peer.clone(),
                 up_to: *up_to,
                 force: *force,
+            },
+            Job::Group { entry, .. } => AllocRequest::Group {
+                owners: self.users(),
+                dedup: match &entry.entry {
+                    GroupEntry::Message(m) => Some((m.from.clone(), m.client_msg_id.clone())),
+                    GroupEntry::Change(_) => None,
+                },
+            },
+            Job::GroupRead { user, .. } => AllocRequest::Group {
+                owners: vec![user.clone()],
+                dedup: None,
             },
         }
     }
@@ -271,6 +312,9 @@ impl Pipeline {
                 other => Some(other),
             })
             .collect();
+        // Group reads look in the log first: who gets a small group's receipt, and whether a
+        // large group's read moves anything at all.
+        let jobs = super::groups::prepare_reads(&shared, jobs).await;
         if jobs.is_empty() {
             return;
         }
@@ -367,6 +411,8 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
             Job::Read {
                 user,
                 conversation,
+                peer,
+                resolved,
                 up_to,
                 reply,
                 attempt,
@@ -381,6 +427,8 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
                     let job = Job::Read {
                         user,
                         conversation,
+                        peer,
+                        resolved,
                         up_to,
                         force: true,
                         reply,
@@ -390,7 +438,7 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
                 });
                 return;
             };
-            let peer = peer_of(&conversation).unwrap_or_default().to_string();
+            let peer = peer.unwrap_or_default();
             let receipt = ReceiptWrite {
                 user: user.clone(),
                 conversation: conversation.clone(),
@@ -404,21 +452,16 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
                 let outcome = written.await;
                 drop(guard);
                 let answer = match outcome {
-                    Ok(true) => Ok(ReadOutcome {
-                        unread,
-                        receipts: Some((
-                            receipt_event(own_seq, conversation, &user, up_to),
-                            (
-                                peer,
-                                receipt_event(
-                                    peer_seq,
-                                    Conversation::with_user(&user),
-                                    &user,
-                                    up_to,
-                                ),
-                            ),
-                        )),
-                    }),
+                    Ok(true) => {
+                        let theirs = peer_conversation(&conversation, &user);
+                        Ok(ReadOutcome {
+                            unread,
+                            receipts: Some((
+                                receipt_event(own_seq, conversation, &user, up_to),
+                                (peer, receipt_event(peer_seq, theirs, &user, up_to)),
+                            )),
+                        })
+                    }
                     // An earlier attempt of this read logged the receipts already.
                     Ok(false) => Ok(ReadOutcome {
                         unread,
@@ -428,6 +471,8 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
                         let job = Job::Read {
                             user,
                             conversation,
+                            peer: Some(peer),
+                            resolved: true,
                             up_to,
                             force: true,
                             reply,
@@ -440,6 +485,9 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
                 let _ = reply.send(answer);
             });
         }
+        (job @ (Job::Group { .. } | Job::GroupRead { .. }), answer) => {
+            super::groups::dispatch(shared, job, answer, guard, deadline)
+        }
         (job, _) => fail(
             shared,
             job,
@@ -450,7 +498,7 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
 
 /// The log refused a write at a seq it already had: `owner`'s counter is behind the log. Rebuild
 /// them and allocate the request again.
-fn retry_after_conflict(shared: &Arc<Shared>, job: Job, owner: &str, seq: u64) {
+pub(super) fn retry_after_conflict(shared: &Arc<Shared>, job: Job, owner: &str, seq: u64) {
     shared.suspect(owner);
     if job.attempt() >= MAX_ATTEMPTS {
         let e = StoreError(format!(
@@ -475,13 +523,11 @@ async fn receipts_due_or_answer(shared: &Arc<Shared>, job: Job, unread: u64) {
         Job::Read {
             user,
             conversation,
+            peer: Some(_),
             up_to,
             ..
-        } => match peer_of(conversation) {
-            Some(peer) => receipts_due(shared, user, conversation, peer, *up_to).await,
-            None => Ok(false),
-        },
-        Job::Append { .. } => Ok(false),
+        } => receipts_due(shared, user, conversation, *up_to).await,
+        _ => Ok(false),
     };
     match due {
         Ok(false) => {
@@ -510,7 +556,6 @@ async fn receipts_due(
     shared: &Shared,
     user: &str,
     conversation: &str,
-    peer: &str,
     up_to: u64,
 ) -> StoreResult<bool> {
     let pointer = shared.log.read_pointer(user, conversation).await?;
@@ -524,8 +569,8 @@ async fn receipts_due(
             if m.msg_id <= pointer {
                 return Ok(false);
             }
-            if m.from == peer {
-                return Ok(true);
+            if m.from != user {
+                return Ok(true); // the peer's, or in a group another member's
             }
         }
         match page.messages.last() {
@@ -559,32 +604,58 @@ fn finish_append(
     let _ = reply.send(outcome);
 }
 
-fn fail(shared: &Shared, job: Job, e: &StoreError) {
+pub(super) fn fail(shared: &Shared, job: Job, e: &StoreError) {
+    let e = StoreError(e.0.clone());
     match job {
-        Job::Append { msg, reply, .. } => {
-            finish_append(shared, &msg, Err(StoreError(e.0.clone())), reply)
-        }
+        Job::Append { msg, reply, .. } => finish_append(shared, &msg, Err(e), reply),
         Job::Read { reply, .. } => {
-            let _ = reply.send(Err(StoreError(e.0.clone())));
+            let _ = reply.send(Err(e));
+        }
+        Job::Group { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Job::GroupRead { reply, .. } => {
+            let _ = reply.send(Err(e));
         }
     }
 }
 
-/// Indexes a durable message. On failure the message stays durable and answered; the update is
-/// retried in the background until Redis takes it (it is idempotent).
+/// An index update of something the log made durable; Redis answers `Some(user)` when that
+/// user's keys are stale (nothing changed). Every update is idempotent.
+pub(super) type IndexUpdate =
+    Arc<dyn Fn(Arc<Shared>) -> BoxFuture<'static, StoreResult<Option<String>>> + Send + Sync>;
+
+/// Indexes a durable message.
 async fn index_message(shared: &Arc<Shared>, msg: &NewMessage, sent: &SentRecord) {
-    if try_index(shared, msg, sent).await.is_ok() {
+    let (msg, sent) = (msg.clone(), sent.clone());
+    let msg_id = sent.msg_id;
+    let update: IndexUpdate = Arc::new(move |shared: Arc<Shared>| {
+        let (msg, sent) = (msg.clone(), sent.clone());
+        Box::pin(async move {
+            shared
+                .index
+                .apply_message(&msg.from, &msg.to, &msg.client_msg_id, &sent)
+                .await
+        })
+    });
+    index_durable(shared, msg_id, update).await;
+}
+
+/// Runs `update`; on failure the write stays durable and answered, and the update is retried in
+/// the background until Redis takes it.
+pub(super) async fn index_durable(shared: &Arc<Shared>, msg_id: u64, update: IndexUpdate) {
+    if try_index(shared, &update).await.is_ok() {
         return;
     }
-    let (this, msg, sent) = (shared.clone(), msg.clone(), sent.clone());
+    let this = shared.clone();
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(100);
         loop {
             tokio::time::sleep(wait).await;
-            match try_index(&this, &msg, &sent).await {
+            match try_index(&this, &update).await {
                 Ok(()) => return,
                 Err(e) if wait >= Duration::from_secs(5) => {
-                    warn!(error = %e, msg_id = sent.msg_id, "indexing a logged message still fails");
+                    warn!(error = %e, msg_id, "indexing a logged message still fails");
                 }
                 Err(_) => {}
             }
@@ -593,15 +664,11 @@ async fn index_message(shared: &Arc<Shared>, msg: &NewMessage, sent: &SentRecord
     });
 }
 
-async fn try_index(shared: &Shared, msg: &NewMessage, sent: &SentRecord) -> StoreResult<()> {
+async fn try_index(shared: &Arc<Shared>, update: &IndexUpdate) -> StoreResult<()> {
     for _ in 0..3 {
-        match shared
-            .index
-            .apply_message(&msg.from, &msg.to, &msg.client_msg_id, sent)
-            .await?
-        {
+        match update(shared.clone()).await? {
             None => return Ok(()),
-            // A rebuild from the log includes this message once it runs: it was logged first.
+            // A rebuild from the log includes this write once it runs: it was logged first.
             Some(user) => {
                 shared.unmark_fresh(&user);
                 shared.ensure_fresh(&[user]).await?;
