@@ -1,85 +1,58 @@
 //! Group chat through the real broker with real clients (MQTT 3.1.1, 5.0 and WebSocket):
 //! small groups (write diffusion: every member's stream), large groups (read diffusion: the
 //! group's log, `groupSync`, live events without a stream seq), membership changes, mentions,
-//! unread counts, history from the join on, what non-members cannot get, and kill -9 mid
-//! group-send loop.
+//! unread counts, history from the join on, what non-members cannot get; on the embedded store
+//! and on `redis+embedded`. Crashes and Redis failures mid group-send: `groups_crash.rs`.
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{full_stream, note_reply, seq, Broker, Device, Proto};
+use common::groups::*;
+use common::{full_stream, seq, Broker, Device, Proto, RedisBroker};
 use serde_json::{json, Value};
 
-/// Creates a group as `d`'s user; returns its id (`g:<n>`).
-async fn create(d: &mut Device, name: &str, members: &[&str], large: bool) -> String {
-    let r = d
-        .call(json!({"groupCreate": {"name": name, "members": members, "large": large}}))
-        .await;
-    let g = &r["groupCreate"]["group"];
-    assert!(g.is_object(), "groupCreate failed: {r}");
-    assert_eq!(g["name"], name);
-    assert_eq!(g["owner"], d.user);
-    g["id"].as_str().expect("group id").to_string()
-}
-
-async fn gsend(d: &mut Device, group: &str, cmid: &str, text: &str) -> Value {
-    let r = d
-        .call(json!({"send": {"to": group, "clientMsgId": cmid, "text": text}}))
-        .await;
-    assert!(r.get("sent").is_some(), "group send failed: {r}");
-    r["sent"].clone()
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_str().map_or(0, |s| s.parse().unwrap())
-}
-
-fn error_code(r: &Value) -> &str {
-    r["error"]["code"].as_str().unwrap_or("")
-}
-
-/// The next event that is a group message; asserts it is from `group`.
-async fn next_message(d: &mut Device, group: &str) -> Value {
-    loop {
-        let ev = d.event().await;
-        if ev.get("message").is_some() {
-            assert_eq!(ev["message"]["conversation"], group, "{ev}");
-            return ev;
+/// Each scenario as a test on the embedded store and one on `redis+embedded` (a real
+/// `redis-server` of its own as the index, the embedded log).
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(&super::Broker::start()).await
+                }
+            )*
         }
-    }
-}
-
-/// The next event that is a group change; returns it.
-async fn next_change(d: &mut Device) -> Value {
-    loop {
-        let ev = d.event().await;
-        if ev.get("group").is_some() {
-            return ev;
+        mod redis_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let rb = super::RedisBroker::start();
+                    super::$scenario(&rb.broker).await
+                }
+            )*
         }
-    }
+    };
 }
 
-async fn conversation(d: &mut Device, id: &str) -> Value {
-    let r = d.call(json!({"conversations": {}})).await;
-    r["conversations"]["conversations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or(Value::Null)
-}
+on_both_stores!(
+    a_small_group_over_three_mqtt_stacks_gets_each_message_once_in_group_seq_order,
+    a_non_member_gets_nothing_by_any_request_and_nothing_is_stored,
+    a_removed_member_gets_nothing_more_and_an_added_member_nothing_from_before,
+    group_unread_goes_0_3_0_across_two_devices_and_the_sender_gets_the_receipt,
+    mentions_reach_the_mentioned_and_show_until_read_in_small_and_large_groups,
+    a_large_group_is_read_by_group_sync_with_unread_from_positions
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_group_over_three_mqtt_stacks_gets_each_message_once_in_group_seq_order() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "alice-phone").await;
-    let mut alice_tab = Device::connect(&b, "alice", "alice-tab").await;
-    let mut bob = Device::connect_with(&b, "bob", "bob-phone", Proto::V5).await;
-    let mut carol = Device::connect_with(&b, "carol", "carol-web", Proto::Ws).await;
-    let mut dave = Device::connect(&b, "dave", "dave-phone").await;
+async fn a_small_group_over_three_mqtt_stacks_gets_each_message_once_in_group_seq_order(
+    b: &Broker,
+) {
+    let mut alice = Device::connect(b, "alice", "alice-phone").await;
+    let mut alice_tab = Device::connect(b, "alice", "alice-tab").await;
+    let mut bob = Device::connect_with(b, "bob", "bob-phone", Proto::V5).await;
+    let mut carol = Device::connect_with(b, "carol", "carol-web", Proto::Ws).await;
+    let mut dave = Device::connect(b, "dave", "dave-phone").await;
 
     let g = create(&mut alice, "Climbing", &["bob", "carol", "dave"], false).await;
     for d in [&mut alice, &mut alice_tab, &mut bob, &mut carol, &mut dave] {
@@ -146,12 +119,10 @@ async fn a_small_group_over_three_mqtt_stacks_gets_each_message_once_in_group_se
     assert_eq!(rest["groupMembers"]["members"][0]["role"], "member");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_non_member_gets_nothing_by_any_request_and_nothing_is_stored() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let mut bob = Device::connect(&b, "bob", "bp").await;
-    let mut eve = Device::connect(&b, "eve", "ep").await;
+async fn a_non_member_gets_nothing_by_any_request_and_nothing_is_stored(b: &Broker) {
+    let mut alice = Device::connect(b, "alice", "ap").await;
+    let mut bob = Device::connect(b, "bob", "bp").await;
+    let mut eve = Device::connect(b, "eve", "ep").await;
     let g = create(&mut alice, "Secret", &["bob"], false).await;
     gsend(&mut alice, &g, "s1", "the plan").await;
 
@@ -192,12 +163,10 @@ async fn a_non_member_gets_nothing_by_any_request_and_nothing_is_stored() {
     assert!(eve_events.is_empty(), "{eve_events:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_member_gets_nothing_more_and_an_added_member_nothing_from_before() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let mut carol = Device::connect(&b, "carol", "cp").await;
-    let mut dave = Device::connect(&b, "dave", "dp").await;
+async fn a_removed_member_gets_nothing_more_and_an_added_member_nothing_from_before(b: &Broker) {
+    let mut alice = Device::connect(b, "alice", "ap").await;
+    let mut carol = Device::connect(b, "carol", "cp").await;
+    let mut dave = Device::connect(b, "dave", "dp").await;
     let g = create(&mut alice, "Team", &["bob", "carol"], false).await;
     next_change(&mut carol).await;
     gsend(&mut alice, &g, "m1", "before").await;
@@ -256,12 +225,10 @@ async fn a_removed_member_gets_nothing_more_and_an_added_member_nothing_from_bef
     assert!(entries.iter().all(|e| e.get("seq").is_none()), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_unread_goes_0_3_0_across_two_devices_and_the_sender_gets_the_receipt() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let mut phone = Device::connect(&b, "bob", "phone").await;
-    let mut laptop = Device::connect(&b, "bob", "laptop").await;
+async fn group_unread_goes_0_3_0_across_two_devices_and_the_sender_gets_the_receipt(b: &Broker) {
+    let mut alice = Device::connect(b, "alice", "ap").await;
+    let mut phone = Device::connect(b, "bob", "phone").await;
+    let mut laptop = Device::connect(b, "bob", "laptop").await;
     let g = create(&mut alice, "Trio", &["bob", "carol"], false).await;
     next_change(&mut phone).await;
     next_change(&mut laptop).await;
@@ -304,12 +271,10 @@ async fn group_unread_goes_0_3_0_across_two_devices_and_the_sender_gets_the_rece
     assert_eq!(receipt["read"]["msgId"], last["msgId"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mentions_reach_the_mentioned_and_show_until_read_in_small_and_large_groups() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let mut bob = Device::connect(&b, "bob", "bp").await;
-    let mut carol = Device::connect(&b, "carol", "cp").await;
+async fn mentions_reach_the_mentioned_and_show_until_read_in_small_and_large_groups(b: &Broker) {
+    let mut alice = Device::connect(b, "alice", "ap").await;
+    let mut bob = Device::connect(b, "bob", "bp").await;
+    let mut carol = Device::connect(b, "carol", "cp").await;
     for large in [false, true] {
         let g = create(&mut alice, "Mentions", &["bob", "carol"], large).await;
         let r = alice
@@ -351,12 +316,10 @@ async fn mentions_reach_the_mentioned_and_show_until_read_in_small_and_large_gro
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_group_is_read_by_group_sync_with_unread_from_positions() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let mut bob = Device::connect_with(&b, "bob", "bp", Proto::V5).await;
-    let mut carol = Device::connect_with(&b, "carol", "cw", Proto::Ws).await;
+async fn a_large_group_is_read_by_group_sync_with_unread_from_positions(b: &Broker) {
+    let mut alice = Device::connect(b, "alice", "ap").await;
+    let mut bob = Device::connect_with(b, "bob", "bp", Proto::V5).await;
+    let mut carol = Device::connect_with(b, "carol", "cw", Proto::Ws).await;
     let g = create(&mut alice, "Announcements", &["bob", "carol"], true).await;
     let info = bob.call(json!({"groupInfo": {"group": g}})).await;
     assert_eq!(info["groupInfo"]["group"]["large"], true, "{info}");
@@ -493,145 +456,6 @@ async fn owner_admin_and_member_rights_transfer_and_disband() {
         .call(json!({"send": {"to": g, "clientMsgId": "late", "text": "anyone?"}}))
         .await;
     assert_eq!(error_code(&r), "PERMISSION_DENIED", "{r}");
-}
-
-/// Sends `total` messages into `group` pipelined and kills the broker -9 after `kill_after`
-/// acknowledgements; returns the acknowledged `sent` replies by clientMsgId.
-async fn send_loop_killed(
-    b: &mut Broker,
-    d: &mut Device,
-    group: &str,
-    total: usize,
-    kill_after: usize,
-) -> HashMap<String, Value> {
-    const WINDOW: usize = 32;
-    let mut published = 0;
-    let mut req_cmid = HashMap::new();
-    let mut acked = HashMap::new();
-    let mut errors = Vec::new();
-    loop {
-        while published < total && published - (acked.len() + errors.len()) < WINDOW {
-            let cmid = format!("k{published:04}");
-            let id = d
-                .request(json!({"send": {"to": group, "clientMsgId": cmid, "text": cmid}}))
-                .await;
-            req_cmid.insert(id, cmid);
-            published += 1;
-        }
-        let r = d.recv().await;
-        note_reply(&r.payload, &req_cmid, &mut acked, &mut errors);
-        if acked.len() >= kill_after {
-            b.kill9();
-            break;
-        }
-    }
-    while let Some(r) = d.try_recv(Duration::from_millis(300)).await {
-        note_reply(&r.payload, &req_cmid, &mut acked, &mut errors);
-    }
-    assert!(errors.is_empty(), "sends failed: {errors:?}");
-    acked
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_small_group_send_loop_keeps_every_acked_message_once_in_every_stream() {
-    let mut b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let g = create(&mut alice, "Crash", &["bob", "carol"], false).await;
-    let acked = send_loop_killed(&mut b, &mut alice, &g, 300, 150).await;
-    drop(alice);
-    b.restart();
-
-    let mut streams = Vec::new();
-    for user in ["alice", "bob", "carol"] {
-        let mut d = Device::connect(&b, user, &format!("{user}-after")).await;
-        let stream = full_stream(&mut d).await;
-        let seqs: Vec<u64> = stream.iter().map(seq).collect();
-        assert_eq!(
-            seqs,
-            (1..=stream.len() as u64).collect::<Vec<_>>(),
-            "{user}'s seqs"
-        );
-        let group_seqs: Vec<u64> = stream.iter().map(|e| num(&e["groupSeq"])).collect();
-        assert_eq!(
-            group_seqs,
-            (1..=stream.len() as u64).collect::<Vec<_>>(),
-            "{user}'s copies are the group's log in order"
-        );
-        streams.push(stream);
-    }
-    assert!(streams.windows(2).all(|w| w[0].len() == w[1].len()));
-    let texts: Vec<&str> = streams[1]
-        .iter()
-        .filter_map(|e| e["message"]["text"].as_str())
-        .collect();
-    for (cmid, sent) in &acked {
-        let n = texts.iter().filter(|t| *t == cmid).count();
-        assert_eq!(n, 1, "acked {cmid} ({sent}) is in bob's stream {n} times");
-    }
-    eprintln!("{} acked, {} in every stream", acked.len(), texts.len());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_mid_large_group_send_loop_keeps_every_acked_message_once_in_the_group_log() {
-    let mut b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    let g = create(&mut alice, "Crash", &["bob"], true).await;
-    let acked = send_loop_killed(&mut b, &mut alice, &g, 300, 150).await;
-    drop(alice);
-    b.restart();
-
-    let mut bob = Device::connect(&b, "bob", "bp").await;
-    let mut entries = Vec::new();
-    let mut after = 0;
-    loop {
-        let r = bob
-            .call(json!({"groupSync": {"group": g, "afterGroupSeq": after.to_string(), "limit": 100}}))
-            .await;
-        let page = r["groupSync"]["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if let Some(last) = page.last() {
-            after = num(&last["groupSeq"]);
-        }
-        entries.extend(page);
-        if r["groupSync"]["hasMore"] != true {
-            break;
-        }
-    }
-    let gs: Vec<u64> = entries.iter().map(|e| num(&e["groupSeq"])).collect();
-    assert_eq!(
-        gs,
-        (1..=entries.len() as u64).collect::<Vec<_>>(),
-        "contiguous groupSeqs"
-    );
-    for (cmid, sent) in &acked {
-        let found: Vec<&Value> = entries
-            .iter()
-            .filter(|e| e["message"]["text"] == cmid.as_str())
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "acked {cmid} in the log {} times",
-            found.len()
-        );
-        assert_eq!(found[0]["groupSeq"], sent["groupSeq"]);
-    }
-    let c = conversation(&mut bob, &g).await;
-    assert_eq!(num(&c["unread"]), entries.len() as u64 - 1, "{c}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_on_the_redis_store_are_refused_clearly() {
-    let rb = common::RedisBroker::start();
-    let mut alice = Device::connect(&rb.broker, "alice", "ap").await;
-    let r = alice
-        .call(json!({"groupCreate": {"name": "x", "members": ["bob"]}}))
-        .await;
-    assert_eq!(error_code(&r), "FAILED_PRECONDITION", "{r}");
-    // One-to-one messaging goes on.
-    alice.send("bob", "still-1", "hi").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

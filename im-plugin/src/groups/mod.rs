@@ -65,7 +65,8 @@ impl Registry {
         if !self.enabled {
             return Err(ImError::new(
                 ErrorCode::FailedPrecondition,
-                "groups need the embedded store in this release",
+                "groups need the embedded or the redis+embedded store in this release \
+                 (not yet redis+scylla)",
             ));
         }
         Ok(())

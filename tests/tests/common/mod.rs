@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod browser;
+pub mod groups;
 pub mod raw;
 pub mod v5client;
 

@@ -336,7 +336,8 @@ impl GroupStore for SplitStore {
         })
     }
 
-    /// The group's log is a stream like a user's: read with its holes settled into gaps.
+    /// The group's log is a stream like a user's: read with its holes settled into gaps, each
+    /// carrying its group seq.
     async fn group_log(
         &self,
         group: &str,
@@ -344,9 +345,15 @@ impl GroupStore for SplitStore {
         limit: usize,
     ) -> StoreResult<StreamPage> {
         self.shared.group_log()?;
-        self.shared
+        let mut page = self
+            .shared
             .read_stream(&log_owner(group), after_group_seq, limit)
-            .await
+            .await?;
+        // A gap in the group's log is a group position too: a member pages on from it.
+        for e in &mut page.events {
+            e.group_seq = e.seq;
+        }
+        Ok(page)
     }
 
     async fn group_history(

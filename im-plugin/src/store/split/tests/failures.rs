@@ -106,7 +106,7 @@ async fn read_until_done(
 }
 
 /// The whole stream of `user`, as a device syncing from 0 gets it (waiting out young holes).
-async fn whole_stream(store: &SplitStore, user: &str) -> Vec<Event> {
+pub(super) async fn whole_stream(store: &SplitStore, user: &str) -> Vec<Event> {
     let mut events: Vec<Event> = Vec::new();
     for _ in 0..2000 {
         let after = events.last().map_or(0, |e| e.seq);

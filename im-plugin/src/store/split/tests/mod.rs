@@ -4,6 +4,7 @@
 //! `failures.rs` holds the Redis failure scenarios and the randomized test of them.
 
 mod failures;
+mod groups;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
