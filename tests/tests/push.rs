@@ -550,3 +550,44 @@ async fn the_admin_api_shows_a_users_registrations_mutes_and_last_outcomes() {
     let (s, v) = api.get("/api/v1/push/a+b").await;
     assert_eq!(s, 400, "{v}");
 }
+
+/// Group messages push like one-to-one ones wherever they are in the member's own stream: an
+/// offline member of a small group is pushed with the group's conversation; in a large group
+/// (read diffusion) only a message that mentions them is, since nothing else reaches their
+/// stream.
+#[tokio::test]
+async fn an_offline_group_member_is_pushed_for_small_group_messages_and_large_group_mentions() {
+    use common::groups::create;
+
+    let rx = Receiver::start().await;
+    let b = Broker::start_with(&push_env(&[]));
+    let mut phone = Device::connect(&b, "bob", "phone").await;
+    register(&mut phone, &rx.url("phone")).await;
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    let small = create(&mut alice, "Small", &["bob"], false).await;
+    let large = create(&mut alice, "Large", &["bob"], true).await;
+    go_offline(phone).await;
+
+    let sent = alice
+        .call(json!({"send": {"to": small, "clientMsgId": "s1", "text": "to the small group"}}))
+        .await;
+    let p = rx.next(Duration::from_secs(5)).await.expect("a push for the small group");
+    assert_eq!(str_of(&p, "conversation"), small, "{p}");
+    assert_eq!(str_of(&p, "from"), "alice");
+    assert_eq!(p["msgId"], sent["sent"]["msgId"], "{p}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the per-device interval
+    alice
+        .call(json!({"send": {"to": large, "clientMsgId": "l1", "text": "to everyone"}}))
+        .await;
+    assert!(
+        rx.next(Duration::from_secs(2)).await.is_none(),
+        "a large group's message without a mention pushes nobody"
+    );
+    let mention = alice
+        .call(json!({"send": {"to": large, "clientMsgId": "l2", "text": "@bob look", "mentions": ["bob"]}}))
+        .await;
+    let p = rx.next(Duration::from_secs(5)).await.expect("a push for the mention");
+    assert_eq!(str_of(&p, "conversation"), large, "{p}");
+    assert_eq!(p["msgId"], mention["sent"]["msgId"], "{p}");
+}

@@ -263,7 +263,7 @@ impl Pending<'_> {
         if let Some(seq) = last_seqs.next().flatten() {
             self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(seq));
         }
-        self.put(Table::Events, log_row.0, log_row.1);
+        self.put_row(log_mode, log_row);
         if message.is_some() {
             self.batch
                 .insert(&self.ks.conv_index, history_key, u64_value(group_seq));
@@ -279,7 +279,7 @@ impl Pending<'_> {
             if let Some(seq) = last_seqs.next().flatten() {
                 self.put(Table::LastSeq, c.owner.as_bytes().to_vec(), u64_value(seq));
             }
-            self.put(Table::Events, c.row.0, c.row.1);
+            self.put_row(log_mode, c.row);
             match c.inbox {
                 Some(update) if log_mode => {
                     self.batch
@@ -336,6 +336,15 @@ impl Pending<'_> {
                 copies: written,
             },
         ))))
+    }
+
+    /// An event row: in log mode visible to the rest of the batch (its conflict checks read
+    /// it); the embedded store allocates its seqs itself and never reads a row back in a batch.
+    fn put_row(&mut self, log_mode: bool, row: (Vec<u8>, Slice)) {
+        match log_mode {
+            true => self.put(Table::Events, row.0, row.1),
+            false => self.batch.insert(&self.ks.events, row.0, row.1),
+        }
     }
 
     /// Runs alone in its batch (like `mark_read`): it scans committed `group_ordinal` rows.
