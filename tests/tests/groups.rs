@@ -42,7 +42,8 @@ on_both_stores!(
     a_removed_member_gets_nothing_more_and_an_added_member_nothing_from_before,
     group_unread_goes_0_3_0_across_two_devices_and_the_sender_gets_the_receipt,
     mentions_reach_the_mentioned_and_show_until_read_in_small_and_large_groups,
-    a_large_group_is_read_by_group_sync_with_unread_from_positions
+    a_large_group_is_read_by_group_sync_with_unread_from_positions,
+    a_retried_group_create_with_its_client_msg_id_creates_one_group
 );
 
 async fn a_small_group_over_three_mqtt_stacks_gets_each_message_once_in_group_seq_order(
@@ -481,4 +482,48 @@ async fn group_messages_go_through_the_word_filter() {
         next_message(&mut bob, &g).await["message"]["text"],
         "a fine word"
     );
+}
+
+/// A client that lost the answer to `groupCreate` retries it with the same clientMsgId: it gets
+/// the group the first call created, and nobody hears of a second group.
+async fn a_retried_group_create_with_its_client_msg_id_creates_one_group(b: &Broker) {
+    let mut alice = Device::connect(b, "alice", "ap").await;
+    let mut bob = Device::connect(b, "bob", "bp").await;
+    let op =
+        json!({"groupCreate": {"name": "Once", "members": ["bob"], "clientMsgId": "create-1"}});
+    let first = alice.call(op.clone()).await;
+    let again = alice.call(op).await;
+    let id = &first["groupCreate"]["group"]["id"];
+    assert!(id.is_string(), "{first}");
+    assert_eq!(
+        again["groupCreate"]["group"], first["groupCreate"]["group"],
+        "the retry answers with the first group"
+    );
+    let created = next_change(&mut bob).await;
+    assert_eq!(created["group"]["group"], *id);
+    assert_eq!(created["group"]["clientMsgId"], "create-1", "{created}");
+    bob.expect_silence(Duration::from_millis(300)).await;
+    let (events, _) = alice.sync(0, 100).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "one creation in the creator's stream: {events:?}"
+    );
+    // Another clientMsgId (or none) is another group; so is the same one from another user.
+    let other = create(&mut alice, "Twice", &["bob"], false).await;
+    assert_ne!(other, id.as_str().unwrap());
+    let r = bob
+        .call(json!({"groupCreate": {"name": "Mine", "members": ["alice"], "clientMsgId": "create-1"}}))
+        .await;
+    assert_ne!(r["groupCreate"]["group"]["id"], *id, "{r}");
+    assert_eq!(r["groupCreate"]["group"]["owner"], "bob");
+    // The group the retry did not create is not there.
+    let listed = alice.call(json!({"conversations": {}})).await;
+    let groups = listed["conversations"]["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["id"].as_str().is_some_and(|i| i.starts_with("g:")))
+        .count();
+    assert_eq!(groups, 3, "Once, Twice and bob's: {listed}");
 }

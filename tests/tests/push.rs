@@ -571,7 +571,10 @@ async fn an_offline_group_member_is_pushed_for_small_group_messages_and_large_gr
     let sent = alice
         .call(json!({"send": {"to": small, "clientMsgId": "s1", "text": "to the small group"}}))
         .await;
-    let p = rx.next(Duration::from_secs(5)).await.expect("a push for the small group");
+    let p = rx
+        .next(Duration::from_secs(5))
+        .await
+        .expect("a push for the small group");
     assert_eq!(str_of(&p, "conversation"), small, "{p}");
     assert_eq!(str_of(&p, "from"), "alice");
     assert_eq!(p["msgId"], sent["sent"]["msgId"], "{p}");
@@ -587,7 +590,10 @@ async fn an_offline_group_member_is_pushed_for_small_group_messages_and_large_gr
     let mention = alice
         .call(json!({"send": {"to": large, "clientMsgId": "l2", "text": "@bob look", "mentions": ["bob"]}}))
         .await;
-    let p = rx.next(Duration::from_secs(5)).await.expect("a push for the mention");
+    let p = rx
+        .next(Duration::from_secs(5))
+        .await
+        .expect("a push for the mention");
     assert_eq!(str_of(&p, "conversation"), large, "{p}");
     assert_eq!(p["msgId"], mention["sent"]["msgId"], "{p}");
 }

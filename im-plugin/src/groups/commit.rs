@@ -98,6 +98,11 @@ where
                 return Err(ImError::from(e));
             }
         };
+        if changed && matches!(outcome, GroupOutcome::Duplicate(_)) {
+            // A retried creation: the group installed at enqueue was never stored.
+            this.groups
+                .reload(this.store.clone(), planned_group.clone());
+        }
         if let GroupOutcome::Fresh(a) = &outcome {
             if !joined.is_empty() {
                 this.groups

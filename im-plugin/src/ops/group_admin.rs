@@ -5,8 +5,10 @@
 //! into a [`Change`]: the `group` event to log, the group after it and the member rows to write.
 //! [`run`] turns a change into one group entry: a copy of the event goes to every member before
 //! and after it in a small group; in a large one to the one who made it and the members it
-//! removes or changes the role of, while the others hear of it live and in `groupSync`. A change is not deduped: a
-//! retried `groupCreate` creates a second group. Changes count against the user's send rate.
+//! removes or changes the role of, while the others hear of it live and in `groupSync`. A
+//! `groupCreate` given a clientMsgId is deduped like a send (a retry answers with the group the
+//! first one created); the other changes are not deduped (a retried add or remove finds the
+//! change made and is refused or repeats nothing). Changes count against the user's send rate.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -45,6 +47,8 @@ struct Change {
     after: GroupRecord,
     upserts: Vec<MemberWrite>,
     removals: Vec<String>,
+    /// A creation's clientMsgId: its dedup key (empty: none).
+    client_msg_id: String,
 }
 
 /// The group as clients see it.
@@ -120,6 +124,7 @@ where
                 members: c.members,
                 name: c.name,
                 role: c.role,
+                client_msg_id: c.client_msg_id,
             };
             let mut after = c.after;
             after.meta.member_count = after.members.len() as u64;
@@ -143,9 +148,10 @@ where
     );
     let groups = plugin.groups.clone();
     async move {
+        // A duplicate is a retried creation: the answer is the group the first one created.
         let id = match committed.await? {
             GroupOutcome::Fresh(a) => a.sent.conversation,
-            GroupOutcome::Duplicate(_) => return Err(ImError::invalid("not a message")),
+            GroupOutcome::Duplicate(original) => original.conversation,
         };
         let group = parse_group(&id)?;
         // Leave and disband answer `{}`; the others the group as it is now.
@@ -225,6 +231,7 @@ fn change(kind: &'static str, after: GroupRecord) -> Change {
         after,
         upserts: Vec::new(),
         removals: Vec::new(),
+        client_msg_id: String::new(),
     }
 }
 
@@ -238,6 +245,10 @@ pub fn create(
         Ok(v) => v,
         Err(e) => return ready(e),
     };
+    if req.client_msg_id.chars().count() > 64 {
+        return ready(ImError::invalid("`clientMsgId` is at most 64 characters"));
+    }
+    let client_msg_id = req.client_msg_id;
     let actor = link.user().to_string();
     members.retain(|m| *m != actor);
     let capacity = policy::capacity(req.large, &plugin.cfg);
@@ -280,6 +291,7 @@ pub fn create(
             members: all,
             name: Some(name),
             upserts,
+            client_msg_id,
             ..change("created", after)
         })
     };

@@ -138,7 +138,36 @@ pub struct GroupAppend {
     pub membership: Option<MembershipWrite>,
 }
 
+/// Which dedup record an entry has: a message's (sender, clientMsgId); a `groupCreate` given a
+/// clientMsgId, (`#create:<creator>`, clientMsgId): no user id holds `#`, so a creation never
+/// meets a message's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DedupKey {
+    pub owner: String,
+    pub client_msg_id: String,
+    /// Who sent or created it: their own copy's seq goes into the record.
+    pub actor: String,
+}
+
 impl GroupAppend {
+    pub fn dedup_key(&self) -> Option<DedupKey> {
+        match &self.entry {
+            GroupEntry::Message(m) => Some(DedupKey {
+                owner: m.from.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                actor: m.from.clone(),
+            }),
+            GroupEntry::Change(c) if c.change == "created" && !c.client_msg_id.is_empty() => {
+                Some(DedupKey {
+                    owner: format!("#create:{}", c.by),
+                    client_msg_id: c.client_msg_id.clone(),
+                    actor: c.by.clone(),
+                })
+            }
+            GroupEntry::Change(_) => None,
+        }
+    }
+
     /// The entry as event `seq` of a stream, at group seq `group_seq`.
     pub(crate) fn event(&self, seq: u64, group_seq: u64) -> Event {
         let conversation = Conversation::Group(self.group.clone()).to_string();
@@ -215,8 +244,8 @@ fn unsupported() -> StoreError {
 /// Contract (checked by the `group_*` conformance cases):
 /// - `append_group` writes, atomically and durably: the entry at the next seq of the group's
 ///   log, a copy at the next seq of each named stream, the inbox rows of each copy, the
-///   membership rows, and for a message its dedup entry; a resend of the same (sender,
-///   clientMsgId) writes nothing and returns the original. Call order is apply order, as for
+///   membership rows, and its dedup entry if it has one ([`GroupAppend::dedup_key`]); a resend
+///   of the same key writes nothing and returns the original. Call order is apply order, as for
 ///   `append_message`, with which it shares one order.
 /// - group seqs start at 1 and are contiguous; every message entry advances the group's message
 ///   count, from which a large group's unread counts are computed.

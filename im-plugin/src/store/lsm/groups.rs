@@ -1,6 +1,7 @@
 //! The embedded store's group writes: one entry at the next seq of the group's log, its copies in
 //! member streams with their inbox rows, the membership rows, the group head (message count and
-//! latest message) and, for a message, the dedup entry, all in the batch of the writer thread.
+//! latest message) and the dedup entry (a message's, or a creation's given a clientMsgId), all
+//! in the batch of the writer thread.
 //! A large group member's read position is (message ordinal, msgid): unread is the group's
 //! message count minus the ordinal. As in `inbox.rs`, everything that can fail happens before
 //! the first write.
@@ -103,9 +104,10 @@ impl Pending<'_> {
             GroupEntry::Message(m) => Some(m),
             GroupEntry::Change(_) => None,
         };
-        let dedup = match message {
-            Some(m) => {
-                let key = checked_key(pair_key(&m.from, m.client_msg_id.as_bytes()))?;
+        let dedup_key = g.dedup_key();
+        let dedup = match &dedup_key {
+            Some(d) => {
+                let key = checked_key(pair_key(&d.owner, d.client_msg_id.as_bytes()))?;
                 if let Some(original) = self.get(Table::Dedup, &key)? {
                     if let Some(seqs) = given {
                         // The seqs the index gave this resend stay taken, as gaps.
@@ -124,8 +126,8 @@ impl Pending<'_> {
                     let original = decode_dedup(&original)?.0;
                     return Ok(Output::Group(Box::new(GroupOutcome::Duplicate(original))));
                 }
-                let by_time = checked_key(by_time_key(g.ts, &m.from, &m.client_msg_id))?;
-                Some((key, by_time, m.from.clone()))
+                let by_time = checked_key(by_time_key(g.ts, &d.owner, &d.client_msg_id))?;
+                Some((key, by_time))
             }
             None => None,
         };
@@ -235,8 +237,9 @@ impl Pending<'_> {
         };
         let sent = SentRecord {
             msg_id: g.msg_id,
-            seq: message
-                .and_then(|m| copies.iter().find(|c| c.owner == m.from))
+            seq: dedup_key
+                .as_ref()
+                .and_then(|d| copies.iter().find(|c| c.owner == d.actor))
                 .map_or(0, |c| c.event.seq),
             conversation: conversation.clone(),
             ts: g.ts,
@@ -321,7 +324,7 @@ impl Pending<'_> {
             // Your own message is never unread: sending moves your read position to it.
             self.put(Table::GroupRead, key, encode_read(head.msg_count, g.msg_id));
         }
-        if let Some((key, by_time, _)) = dedup {
+        if let Some((key, by_time)) = dedup {
             self.put(Table::Dedup, key, Slice::from(dedup_value));
             self.batch
                 .insert(&self.ks.dedup_by_time, by_time, Vec::new());

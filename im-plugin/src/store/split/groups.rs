@@ -241,15 +241,12 @@ pub(super) fn dispatch(
 /// Indexes a durable group entry: each message copy's recency and unread as its flags say, and
 /// the sender's dedup cache entry.
 async fn index_group(shared: &Arc<Shared>, entry: &GroupAppend, sent: &crate::store::SentRecord) {
-    let message = match &entry.entry {
-        GroupEntry::Message(m) => Some((m.from.clone(), m.client_msg_id.clone())),
-        GroupEntry::Change(_) => None,
-    };
+    let is_message = matches!(entry.entry, GroupEntry::Message(_));
+    let message = entry.dedup_key().map(|d| (d.owner, d.client_msg_id));
     let copies: Vec<(String, bool, bool)> = entry
         .copies
         .iter()
         .map(|c| {
-            let is_message = message.is_some();
             (
                 c.owner.clone(),
                 c.recent && is_message,

@@ -17,7 +17,7 @@ use tracing::warn;
 use super::fresh::{debug_rebuild_failed, Writing};
 use super::{Reply, Shared};
 use crate::conversation::Conversation;
-use crate::store::groups::{log_owner, GroupAppend, GroupEntry, GroupOutcome, GroupReadOutcome};
+use crate::store::groups::{log_owner, GroupAppend, GroupOutcome, GroupReadOutcome};
 use crate::store::log::{peer_conversation, LogError, MessageSeqs, ReceiptWrite};
 use crate::store::redis_index::{AllocRequest, Allocated};
 use crate::store::{
@@ -154,10 +154,7 @@ impl Job {
             },
             Job::Group { entry, .. } => AllocRequest::Group {
                 owners: self.users(),
-                dedup: match &entry.entry {
-                    GroupEntry::Message(m) => Some((m.from.clone(), m.client_msg_id.clone())),
-                    GroupEntry::Change(_) => None,
-                },
+                dedup: entry.dedup_key().map(|d| (d.owner, d.client_msg_id)),
             },
             Job::GroupRead { user, .. } => AllocRequest::Group {
                 owners: vec![user.clone()],
