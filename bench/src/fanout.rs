@@ -8,6 +8,8 @@
 //! and whether every member got it. Mosquitto's yardstick is the same payload published at QoS 1
 //! to one topic the same number of clients subscribe to. Then a large group of 100,000 members
 //! (none online) is created and sent to: creation time and send -> `sent` time, mqim only.
+//! mqim runs once per store shape in `--stores` (a group entry on `redis+embedded` is one ALLOC
+//! for every copy, the log's batch, then the index script), against one Mosquitto run.
 //! The small group's write cost is reported per member: bytes the data dir grew per message per
 //! member, and the send -> `sent` p50 divided by the member count.
 
@@ -21,7 +23,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::brokers::{down_topic, up_topic, Broker, Kind};
+use crate::brokers::{down_topic, up_topic, Broker, Kind, Store};
 use crate::client::{self, ConnectOptions, Connection};
 use crate::report::{Row, Section};
 use crate::throughput::pct_ms;
@@ -492,23 +494,31 @@ pub async fn run(ctx: &Ctx) -> Section {
 
     let mut outcomes = Vec::new();
     for (is_large, n) in [(false, small), (true, large)] {
-        let a = ctx
-            .on_broker(Kind::Mqim, async |b: &mut Broker| {
-                run_one(b, n, is_large, messages, rate, conc).await
-            })
-            .await;
         let m = ctx
             .on_broker(Kind::Mosquitto, async |b: &mut Broker| {
                 run_one(b, n, is_large, messages, rate, conc).await
             })
             .await;
-        a.note_failure(Kind::Mqim, ctx.require_mqim, &mut section);
         m.note_failure(Kind::Mosquitto, ctx.require_mqim, &mut section);
-        outcomes.push((is_large, n, a, m));
+        let m = Arc::new(m);
+        // mqim once per store shape (`--stores`), each against the same Mosquitto run.
+        for &store in &ctx.stores {
+            let a = ctx
+                .on_store(Kind::Mqim, store, async |b: &mut Broker| {
+                    run_one(b, n, is_large, messages, rate, conc).await
+                })
+                .await;
+            a.note_failure(Kind::Mqim, ctx.require_mqim, &mut section);
+            outcomes.push((is_large, n, store, a, m.clone()));
+        }
     }
-    for (is_large, n, a, m) in &outcomes {
+    for (is_large, n, store, a, m) in &outcomes {
+        let on = match store {
+            Store::Embedded => String::new(),
+            other => format!(" on {other}"),
+        };
         let label = format!(
-            "{} group of {}",
+            "{} group of {}{on}",
             if *is_large { "large" } else { "small" },
             n + 1
         );
@@ -526,7 +536,7 @@ pub async fn run(ctx: &Ctx) -> Section {
         }
         if !is_large {
             if let Some(o) = a.done() {
-                rows_for_cost(o, &mut section.rows);
+                rows_for_cost(&label, o, &mut section.rows);
             }
         }
     }
@@ -571,21 +581,15 @@ pub async fn run(ctx: &Ctx) -> Section {
     section
 }
 
-fn rows_for_cost(o: &FanOutcome, rows: &mut Vec<Row>) {
+fn rows_for_cost(label: &str, o: &FanOutcome, rows: &mut Vec<Row>) {
     rows.push(Row::plain(
-        &format!(
-            "small group of {}: bytes written to storage per message per member",
-            o.members + 1
-        ),
+        &format!("{label}: bytes written to storage per message per member"),
         o.bytes_per_member_msg,
         None,
         0,
     ));
     rows.push(Row::plain(
-        &format!(
-            "small group of {}: send → acknowledged p50 per member (ms)",
-            o.members + 1
-        ),
+        &format!("{label}: send → acknowledged p50 per member (ms)"),
         ms(&o.ack, 0.5).map(|v| v / (o.members + 1) as f64),
         None,
         4,
