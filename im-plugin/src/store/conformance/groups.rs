@@ -23,7 +23,7 @@ fn meta(large: bool, member_count: u64) -> GroupMeta {
 }
 
 /// A small-group copy: recent for everyone, unread for all but the sender.
-fn copy(owner: &str, from: &str) -> Copy {
+pub(crate) fn member_copy(owner: &str, from: &str) -> Copy {
     Copy {
         owner: owner.into(),
         recent: true,
@@ -59,7 +59,7 @@ fn change(group: &str, msg_id: u64, kind: &str, large: bool, copies: Vec<Copy>) 
     }
 }
 
-fn create(group: &str, msg_id: u64, members: &[&str], large: bool) -> GroupAppend {
+pub(crate) fn group_create(group: &str, msg_id: u64, members: &[&str], large: bool) -> GroupAppend {
     let copies = match large {
         true => vec![notice("olga")],
         false => members.iter().map(|m| notice(m)).collect(),
@@ -84,7 +84,13 @@ fn create(group: &str, msg_id: u64, members: &[&str], large: bool) -> GroupAppen
     a
 }
 
-fn message(group: &str, msg_id: u64, from: &str, cmid: &str, copies: Vec<Copy>) -> GroupAppend {
+pub(crate) fn group_message(
+    group: &str,
+    msg_id: u64,
+    from: &str,
+    cmid: &str,
+    copies: Vec<Copy>,
+) -> GroupAppend {
     GroupAppend {
         group: group.into(),
         msg_id,
@@ -118,7 +124,7 @@ async fn appended(store: &dyn Store, a: GroupAppend) -> GroupAppended {
 pub async fn group_entries_are_contiguous_with_their_copies_and_deduped(store: Arc<dyn Store>) {
     assert!(store.has_groups(), "this case is for stores with groups");
     let members = ["olga", "pia", "quin"];
-    let created = appended(&*store, create("7", 10, &members, false)).await;
+    let created = appended(&*store, group_create("7", 10, &members, false)).await;
     assert_eq!(created.log_event.seq, 1, "a group's log starts at 1");
     assert_eq!(
         created.copies.len(),
@@ -127,12 +133,17 @@ pub async fn group_entries_are_contiguous_with_their_copies_and_deduped(store: A
     );
     fresh(&*store, super::message("pia", "zed", "dm", 11, TS0 + 11)).await;
 
-    let all = |from: &str| members.iter().map(|m| copy(m, from)).collect::<Vec<_>>();
-    let a = appended(&*store, message("7", 12, "olga", "c1", all("olga"))).await;
+    let all = |from: &str| {
+        members
+            .iter()
+            .map(|m| member_copy(m, from))
+            .collect::<Vec<_>>()
+    };
+    let a = appended(&*store, group_message("7", 12, "olga", "c1", all("olga"))).await;
     assert_eq!(a.sent.group_seq, 2, "the group seq follows the creation");
     assert_eq!(a.sent.seq, 2, "the sender's own copy is her next seq");
     assert_eq!(a.sent.conversation, "g:7");
-    let b = appended(&*store, message("7", 13, "quin", "c1", all("quin"))).await;
+    let b = appended(&*store, group_message("7", 13, "quin", "c1", all("quin"))).await;
     assert_eq!(b.sent.group_seq, 3);
     let seqs: Vec<(String, u64)> = b.copies.iter().map(|(o, e)| (o.clone(), e.seq)).collect();
     assert_eq!(
@@ -145,7 +156,7 @@ pub async fn group_entries_are_contiguous_with_their_copies_and_deduped(store: A
     }
 
     match store
-        .append_group(message("7", 14, "olga", "c1", all("olga")))
+        .append_group(group_message("7", 14, "olga", "c1", all("olga")))
         .await
         .expect("resend")
     {
@@ -209,11 +220,15 @@ pub async fn group_entries_are_contiguous_with_their_copies_and_deduped(store: A
 /// only, history starts where asked.
 pub async fn group_large_counts_unread_from_positions_and_mentions(store: Arc<dyn Store>) {
     assert!(store.has_groups(), "this case is for stores with groups");
-    appended(&*store, create("9", 10, &["olga", "pia", "quin"], true)).await;
+    appended(
+        &*store,
+        group_create("9", 10, &["olga", "pia", "quin"], true),
+    )
+    .await;
     let mut last = 0;
     for (i, from) in ["olga", "pia", "olga"].iter().enumerate() {
         let id = 20 + i as u64;
-        let mut m = message("9", id, from, &format!("m{i}"), vec![]);
+        let mut m = group_message("9", id, from, &format!("m{i}"), vec![]);
         m.large = true;
         if i == 2 {
             m.copies = vec![Copy {
@@ -287,7 +302,7 @@ pub async fn group_large_counts_unread_from_positions_and_mentions(store: Arc<dy
 /// removals, roles, the user's list of groups.
 pub async fn group_membership_rows_follow_the_log(store: Arc<dyn Store>) {
     assert!(store.has_groups(), "this case is for stores with groups");
-    appended(&*store, create("5", 10, &["olga", "pia"], false)).await;
+    appended(&*store, group_create("5", 10, &["olga", "pia"], false)).await;
     let mut add = change("5", 11, "added", false, vec![notice("olga"), notice("rex")]);
     add.membership = Some(MembershipWrite {
         meta: meta(false, 3),

@@ -3,85 +3,11 @@
 
 use std::sync::Arc;
 
-use mqim_schemas::v1::GroupChange;
 use tempfile::TempDir;
 
 use super::*;
-use crate::store::groups::{
-    Copy, GroupEntry, GroupMessage, GroupMeta, GroupStore, MemberWrite, MembershipWrite, Role,
-};
-
-fn meta(large: bool, member_count: u64) -> GroupMeta {
-    GroupMeta {
-        name: "g".into(),
-        owner: "olga".into(),
-        large,
-        created_at: 1,
-        disbanded: false,
-        member_count,
-    }
-}
-
-fn copy(owner: &str, from: &str) -> Copy {
-    Copy {
-        owner: owner.into(),
-        recent: true,
-        unread: owner != from,
-        mention: false,
-    }
-}
-
-fn create(group: &str, msg_id: u64, members: &[&str], large: bool) -> GroupAppend {
-    GroupAppend {
-        group: group.into(),
-        msg_id,
-        ts: msg_id as i64,
-        large,
-        entry: GroupEntry::Change(GroupChange {
-            group: format!("g:{group}"),
-            change: "created".into(),
-            by: "olga".into(),
-            ..GroupChange::default()
-        }),
-        copies: members.iter().map(|m| copy(m, "olga")).collect(),
-        membership: Some(MembershipWrite {
-            meta: meta(large, members.len() as u64),
-            upserts: members
-                .iter()
-                .map(|m| MemberWrite {
-                    user: m.to_string(),
-                    role: if *m == "olga" {
-                        Role::Owner
-                    } else {
-                        Role::Member
-                    },
-                    joins: true,
-                })
-                .collect(),
-            removals: vec![],
-        }),
-    }
-}
-
-fn message(group: &str, msg_id: u64, from: &str, cmid: &str, copies: Vec<Copy>) -> GroupAppend {
-    GroupAppend {
-        group: group.into(),
-        msg_id,
-        ts: msg_id as i64,
-        large: false,
-        entry: GroupEntry::Message(GroupMessage {
-            from: from.into(),
-            client_msg_id: cmid.into(),
-            text: Some(format!("text {msg_id}")),
-            body: None,
-            kind: None,
-            mentions: vec![],
-            mention_all: false,
-        }),
-        copies,
-        membership: None,
-    }
-}
+use crate::store::conformance::{group_create as create, group_message as message, member_copy};
+use crate::store::groups::{GroupStore, Role};
 
 async fn fresh(store: &LsmStore, a: GroupAppend) -> crate::store::groups::GroupAppended {
     match store.append_group(a).await.expect("append") {
@@ -98,7 +24,12 @@ async fn groups_and_their_seqs_survive_a_reopen() {
     let store = Arc::new(LsmStore::open(dir.path()).unwrap());
     let members = ["olga", "pia", "quin"];
     fresh(&store, create("7", 10, &members, false)).await;
-    let all = |from: &str| members.iter().map(|m| copy(m, from)).collect::<Vec<_>>();
+    let all = |from: &str| {
+        members
+            .iter()
+            .map(|m| member_copy(m, from))
+            .collect::<Vec<_>>()
+    };
     let a = fresh(&store, message("7", 12, "olga", "c1", all("olga"))).await;
     assert_eq!(a.sent.group_seq, 2);
 
