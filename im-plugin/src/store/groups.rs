@@ -155,6 +155,7 @@ impl GroupAppend {
                 group_seq,
                 mentions: m.mentions.clone(),
                 mention_all: m.mention_all,
+                ..Message::default()
             }),
             GroupEntry::Change(c) => event::Body::Group(c.clone()),
         };

@@ -44,7 +44,8 @@
 //! Files: `writer.rs` (the writer thread, group commit, the batch overlay), `inbox.rs` (the
 //! embedded store's writes: messages, inbox rows, reads, cursors, purges), `log_mode.rs` (the
 //! message-log writes and the [`super::log::MessageLog`] implementation), `keys.rs` (key and
-//! value encodings), `reads.rs` (the store traits: reads and entry points), `tests.rs`.
+//! value encodings), `reads.rs` (the store traits: reads and entry points), `extras.rs` (recall,
+//! edit, blocks and presence settings), `tests.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,6 +70,9 @@ use super::{
 };
 use crate::conversation::Conversation;
 
+mod extras;
+#[cfg(test)]
+mod extras_tests;
 mod group_reads;
 #[cfg(test)]
 mod group_tests;
@@ -171,6 +175,7 @@ struct Keyspaces {
     group_ordinal: Keyspace,
     group_read: Keyspace,
     mentions: Keyspace,
+    extras: Keyspace,
     persist: PersistMode,
 }
 
@@ -244,6 +249,20 @@ enum Op {
         group: String,
         up_to: u64,
     },
+    /// A recall or an edit (`extras.rs`).
+    Amend(Box<crate::store::extras::Amend>),
+    /// A block set or lifted.
+    Block {
+        blocker: String,
+        blocked: String,
+        on: bool,
+        ts: i64,
+    },
+    /// A presence setting.
+    PresenceVisible {
+        user: String,
+        visible: bool,
+    },
 }
 
 enum Output {
@@ -251,6 +270,9 @@ enum Output {
     Sent(Box<SendOutcome>),
     Group(Box<GroupOutcome>),
     GroupRead(Box<GroupReadOutcome>),
+    Amended(Box<crate::store::extras::AmendOutcome>),
+    /// A write that answers nothing but success.
+    Done,
     Cursor(u64),
     Purged(usize),
     Read(Box<ReadOutcome>),
@@ -302,6 +324,7 @@ impl LsmStore {
             group_ordinal: keyspace("group_ordinal")?,
             group_read: keyspace("group_read")?,
             mentions: keyspace("mentions")?,
+            extras: keyspace("extras")?,
             db,
             persist: sync.persist_mode(),
         };

@@ -58,6 +58,7 @@
 //! with its holes), `claims.rs` (node id and log claims, node liveness, presence), `tests/`.
 
 mod claims;
+mod extras;
 mod fresh;
 mod pipeline;
 mod stream;
@@ -127,6 +128,7 @@ pub struct SplitStore {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
     presence: mpsc::Sender<claims::PresenceChange>,
+    extras: extras::ExtrasSlot,
 }
 
 struct Shared {
@@ -200,6 +202,7 @@ impl SplitStore {
             shared,
             queue,
             presence,
+            extras: Default::default(),
         }
     }
 
