@@ -220,3 +220,36 @@ async fn blocks_and_hidden_presence_survive_a_reopen() {
     );
     assert_eq!(state.hidden.into_iter().collect::<Vec<_>>(), vec!["carol"]);
 }
+
+/// What an amend costs: each runs alone in its commit (it reads committed rows), so amends queued
+/// together are not folded into one journal sync as sends are. Prints the rate; run with
+/// `cargo test -p mqim-im-plugin amend_commit_rate -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn amend_commit_rate() {
+    const N: u64 = 200;
+    let dir = TempDir::new().expect("temp dir");
+    let store = LsmStore::open(dir.path()).expect("open");
+    let started = std::time::Instant::now();
+    let sends: Vec<_> = (1..=N)
+        .map(|i| store.append_message(msg("alice", "bob", &format!("c{i}"), i)))
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    let send_time = started.elapsed();
+    let started = std::time::Instant::now();
+    let amends: Vec<_> = (1..=N)
+        .map(|i| store.amend(one_to_one("alice", "bob", i, AmendKind::Recall)))
+        .collect();
+    for a in amends {
+        assert!(matches!(a.await.unwrap(), AmendOutcome::Done(_)));
+    }
+    let amend_time = started.elapsed();
+    let stats = store.writer_stats();
+    println!(
+        "{N} sends queued together: {send_time:?}; {N} recalls queued together: {amend_time:?}; \
+         commits in all: {}",
+        stats.batches
+    );
+}

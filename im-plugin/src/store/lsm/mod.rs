@@ -22,6 +22,7 @@
 //!   only the expired prefix instead of every entry.
 //! - `cursors`: `lp(user) ++ device` -> `seq_be`, the acknowledged seq.
 //! - `meta`: name -> `u64_be` (`max_msg_id`, `schema_version`).
+//! - `extras`: blocks and presence settings (encodings in `extras.rs`).
 //!
 //! `lp(s)` is `len(s)` as a big-endian u32 followed by the bytes of `s`: every component but the
 //! last of a key is length-prefixed, so no user id or clientMsgId, whatever bytes it holds, can
