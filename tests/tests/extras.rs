@@ -531,3 +531,46 @@ async fn a_mosquitto_sub_device_sees_typing_and_a_recall() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn in_a_large_group_a_recall_goes_live_to_online_members_and_into_the_log() {
+    let b = Broker::start();
+    let mut alice = Device::connect(&b, "alice", "a1").await;
+    let mut bob = Device::connect(&b, "bob", "b1").await;
+    let r = alice
+        .call(json!({"groupCreate": {"name": "town", "members": ["bob"], "large": true}}))
+        .await;
+    let g = r["groupCreate"]["group"]["id"]
+        .as_str()
+        .expect("group")
+        .to_string();
+    let sent = alice
+        .call(json!({"send": {"to": g, "clientMsgId": "l-1", "text": "wrong room"}}))
+        .await["sent"]
+        .clone();
+    assert!(event_of(&mut bob, "message").await.get("seq").is_none());
+    let r = alice
+        .call(json!({"recall": {"conversation": g, "msgId": mid(&sent)}}))
+        .await;
+    assert!(r.get("recall").is_some(), "{r}");
+    let e = event_of(&mut bob, "recalled").await;
+    assert!(
+        e.get("seq").is_none() && e["groupSeq"].is_string(),
+        "live, no stream seq: {e}"
+    );
+    let r = bob
+        .call(json!({"groupSync": {"group": g, "afterGroupSeq": "0"}}))
+        .await;
+    let log = format!("{}", r["groupSync"]);
+    assert!(
+        log.contains("recalled") && !log.contains("wrong room"),
+        "{log}"
+    );
+    let h = history(&mut bob, &g).await;
+    assert_eq!(h[0]["recalled"], true, "{h:?}");
+    // Typing is not shown in a large group.
+    let r = bob
+        .call(json!({"typing": {"conversation": g, "state": "start"}}))
+        .await;
+    assert_eq!(code(&r), "FAILED_PRECONDITION", "{r}");
+}
