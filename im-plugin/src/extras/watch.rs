@@ -160,3 +160,59 @@ pub(crate) fn deliver_to_link(link: &Arc<dyn DeviceLink>, d: &mqim_schemas::v1::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Link(u64);
+
+    impl DeviceLink for Link {
+        fn conn_id(&self) -> u64 {
+            self.0
+        }
+        fn user(&self) -> &str {
+            "alice"
+        }
+        fn device(&self) -> &str {
+            "phone"
+        }
+        fn is_subscribed(&self, _topic: &str) -> bool {
+            false
+        }
+        fn deliver(&self, _topic: &str, _payload: bytes::Bytes) -> bool {
+            false
+        }
+    }
+
+    fn sizes(w: &Watchers) -> (usize, usize, usize) {
+        let s = w.state.lock();
+        (s.by_target.len(), s.by_conn.len(), s.announced.len())
+    }
+
+    #[test]
+    fn a_new_list_replaces_the_old_and_a_closed_connection_leaves_nothing_behind() {
+        let w = Watchers::new(Duration::from_secs(5));
+        let link: Arc<dyn DeviceLink> = Arc::new(Link(1));
+        assert!(w.set(&link, vec![("bob".into(), true), ("carol".into(), false)]));
+        assert_eq!(sizes(&w), (2, 1, 2));
+        assert!(w.set(&link, vec![("dave".into(), true)]));
+        assert_eq!(sizes(&w), (1, 1, 1));
+        w.connection_closed(1);
+        assert_eq!(sizes(&w), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_node_refuses_watch_lists_beyond_its_bound() {
+        let w = Watchers::new(Duration::from_secs(5));
+        for conn in 0..MAX_WATCHING_CONNS as u64 {
+            let link: Arc<dyn DeviceLink> = Arc::new(Link(conn));
+            assert!(w.set(&link, vec![("bob".into(), true)]));
+        }
+        let one_more: Arc<dyn DeviceLink> = Arc::new(Link(u64::MAX));
+        assert!(!w.set(&one_more, vec![("bob".into(), true)]));
+        // A connection already watching may still change its list.
+        let first: Arc<dyn DeviceLink> = Arc::new(Link(0));
+        assert!(w.set(&first, vec![("carol".into(), true)]));
+    }
+}
