@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{full_stream, seq, token, Broker, Device, Proto, RedisBroker};
+use common::{full_stream, seq, token, unread, Broker, Device, Proto, RedisBroker};
 use serde_json::{json, Value};
 
 /// The msgId of a `sent` reply, as the client got it (a decimal string).
@@ -28,22 +28,6 @@ async fn event_of(d: &mut Device, kind: &str) -> Value {
             return e;
         }
     }
-}
-
-/// `user`'s unread count in `conversation`, as `conversations` says on device `d`.
-async fn unread(d: &mut Device, conversation: &str) -> u64 {
-    let r = d.call(json!({"conversations": {}})).await;
-    let list = r["conversations"]["conversations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .find(|c| c["id"] == conversation)
-        .map_or(0, |c| {
-            c["unread"]
-                .as_str()
-                .map_or(0, |u| u.parse().expect("unread"))
-        })
 }
 
 async fn history(d: &mut Device, conversation: &str) -> Vec<Value> {

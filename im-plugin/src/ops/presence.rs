@@ -33,12 +33,8 @@ pub fn presence(
 ) -> OpFuture {
     let (plugin, me) = (plugin.clone(), link.user().to_string());
     async move {
-        let users = check_users(req.users, MAX_USERS)?;
-        let mut out = Vec::with_capacity(users.len());
-        for user in users {
-            out.push(entry(&plugin, &me, user).await?);
-        }
-        Ok(reply::Result::Presence(PresenceReply { users: out }))
+        let users = entries(&plugin, &me, req.users, MAX_USERS).await?;
+        Ok(reply::Result::Presence(PresenceReply { users }))
     }
     .boxed()
 }
@@ -50,12 +46,7 @@ pub fn watch(
 ) -> OpFuture {
     let (plugin, link) = (plugin.clone(), link.clone());
     async move {
-        let me = link.user().to_string();
-        let users = check_users(req.users, MAX_WATCH)?;
-        let mut out = Vec::with_capacity(users.len());
-        for user in users {
-            out.push(entry(&plugin, &me, user).await?);
-        }
+        let out = entries(&plugin, link.user(), req.users, MAX_WATCH).await?;
         // Only the users the caller may see are watched.
         let watched = out
             .iter()
@@ -96,15 +87,25 @@ pub fn settings(
     .boxed()
 }
 
-/// Valid user ids, each once, at most `max`.
-fn check_users(users: Vec<String>, max: usize) -> Result<BTreeSet<String>, ImError> {
+/// What `me` may know of each of `users` (valid user ids, at most `max`), each once.
+async fn entries(
+    plugin: &ImPlugin,
+    me: &str,
+    users: Vec<String>,
+    max: usize,
+) -> Result<Vec<PresenceEntry>, ImError> {
     if users.len() > max {
         return Err(ImError::invalid(format!("at most {max} users per request")));
     }
     if let Some(bad) = users.iter().find(|u| !crate::topics::valid_user_id(u)) {
         return Err(ImError::invalid(format!("{bad:?} is not a user id")));
     }
-    Ok(users.into_iter().collect())
+    let users: BTreeSet<String> = users.into_iter().collect();
+    let mut out = Vec::with_capacity(users.len());
+    for user in users {
+        out.push(entry(plugin, me, user).await?);
+    }
+    Ok(out)
 }
 
 /// What `me` may know of `user`'s presence.
