@@ -143,6 +143,13 @@ async fn recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_his
         .await;
     let edited_at = r["edit"]["editedAt"].clone();
     assert!(edited_at.is_string(), "edit failed: {r}");
+    // The same edit again (a retry) changes nothing and answers the same editedAt.
+    let again = alice
+        .call(
+            json!({"edit": {"conversation": "u:bob", "msgId": mid(&typo), "text": "see you at 8"}}),
+        )
+        .await;
+    assert_eq!(again["edit"]["editedAt"], edited_at, "{again}");
     let r = alice
         .call(json!({"recall": {"conversation": "u:bob", "msgId": mid(&secret)}}))
         .await;

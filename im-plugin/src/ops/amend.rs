@@ -125,7 +125,8 @@ fn enqueue(
     Ok(tokio::spawn(async move {
         let events = match write.await? {
             AmendOutcome::Done(events) => events,
-            AmendOutcome::Unchanged => return Ok(answer(ts)),
+            // An edit to the content it has: its editedAt is that of the edit that set it.
+            AmendOutcome::Unchanged { edited_at } => return Ok(answer(edited_at)),
             AmendOutcome::NotFound => {
                 return Err(ImError::new(
                     ErrorCode::NotFound,

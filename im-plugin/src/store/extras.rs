@@ -70,8 +70,9 @@ pub struct Amend {
 pub enum AmendOutcome {
     /// Amended: the events appended, each with its stream's owner (the home stream first).
     Done(Vec<(String, Event)>),
-    /// Nothing to do: the message was already recalled, or already has this content.
-    Unchanged,
+    /// Nothing to do: the message was already recalled, or already has this content; with the
+    /// time of its latest edit (0: never edited).
+    Unchanged { edited_at: i64 },
     /// No such message in the caller's conversation.
     NotFound,
     /// Not the caller's message (and the caller is not privileged).

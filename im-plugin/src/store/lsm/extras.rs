@@ -79,7 +79,9 @@ impl Pending<'_> {
         };
         if original.recalled {
             return Ok(match a.kind {
-                AmendKind::Recall => AmendOutcome::Unchanged,
+                AmendKind::Recall => AmendOutcome::Unchanged {
+                    edited_at: original.edited_at,
+                },
                 AmendKind::Edit { .. } => AmendOutcome::Recalled,
             });
         }
@@ -94,7 +96,9 @@ impl Pending<'_> {
         }
         if let AmendKind::Edit { text, body } = &a.kind {
             if original.text == *text && original.body == *body {
-                return Ok(AmendOutcome::Unchanged);
+                return Ok(AmendOutcome::Unchanged {
+                    edited_at: original.edited_at,
+                });
             }
         }
 

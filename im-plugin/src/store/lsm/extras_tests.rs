@@ -111,7 +111,7 @@ async fn recall_removes_the_content_everywhere_appends_events_and_fixes_unread()
         .amend(one_to_one("alice", "bob", 10, AmendKind::Recall))
         .await
         .unwrap();
-    assert_eq!(again, AmendOutcome::Unchanged);
+    assert_eq!(again, AmendOutcome::Unchanged { edited_at: 0 });
     assert_eq!(store.last_seq("bob").await.unwrap(), 3);
     // Reading past it later counts only the message that is left.
     let read = store.mark_read("bob", "u:alice", 11).await.unwrap();
@@ -181,7 +181,12 @@ async fn edit_replaces_the_content_in_both_streams_and_survives_a_reopen() {
         }
         // The same content again is no new event.
         let again = store.amend(one_to_one("alice", "bob", 10, edit)).await;
-        assert_eq!(again.unwrap(), AmendOutcome::Unchanged);
+        assert_eq!(
+            again.unwrap(),
+            AmendOutcome::Unchanged {
+                edited_at: T0 + 1000
+            }
+        );
     }
     let store = LsmStore::open(dir.path()).expect("reopen");
     for (user, peer) in [("alice", "u:bob"), ("bob", "u:alice")] {
