@@ -225,6 +225,15 @@ impl Config {
         if let Some(v) = get("MQIM_SEND_BURST") {
             self.im.send_burst = v.parse().context("MQIM_SEND_BURST")?;
         }
+        if let Some(v) = get("MQIM_RECALL_WINDOW_SECS") {
+            self.im.recall_window_secs = v.parse().context("MQIM_RECALL_WINDOW_SECS")?;
+        }
+        if let Some(v) = get("MQIM_EDIT_WINDOW_SECS") {
+            self.im.edit_window_secs = v.parse().context("MQIM_EDIT_WINDOW_SECS")?;
+        }
+        if let Some(v) = get("MQIM_PRESENCE_DEBOUNCE_MS") {
+            self.im.presence_debounce_ms = v.parse().context("MQIM_PRESENCE_DEBOUNCE_MS")?;
+        }
         if let Some(v) = get("MQIM_STORE_BACKEND") {
             self.store.backend = v
                 .parse()

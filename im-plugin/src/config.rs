@@ -28,6 +28,16 @@ pub struct ImConfig {
     pub group_max_members: usize,
     /// Most members of a large group (read diffusion: messages are stored once).
     pub large_group_max_members: usize,
+    /// How long after sending a message its sender may recall it (group owners and admins may
+    /// recall any message of their group at any time).
+    pub recall_window_secs: u64,
+    /// How long after sending a message its sender may edit it.
+    pub edit_window_secs: u64,
+    /// Presence watchers hear of a change this long after it, if it still holds then.
+    pub presence_debounce_ms: u64,
+    /// Typing events one user sends per conversation: at most one per this interval (plus the
+    /// `stop` ending a `start`); more are dropped silently.
+    pub typing_interval_ms: u64,
 }
 
 impl Default for ImConfig {
@@ -42,6 +52,10 @@ impl Default for ImConfig {
             send_burst: 200,
             group_max_members: 500,
             large_group_max_members: 100_000,
+            recall_window_secs: 120,
+            edit_window_secs: 15 * 60,
+            presence_debounce_ms: 5000,
+            typing_interval_ms: 1000,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - `plugin`: `ImPlugin`, the service: authorizes IM topics, dispatches requests, replies.
 //! - `ops/`: one file per operation (`send`, `sync`, `ack`, ...; the group changes share
 //!   `group_admin`, the group reads `group_query`).
+//! - `extras/`: blocks, presence settings and watches, typing rates (conversation extras).
 //! - `groups/`: the group registry (members, in step with the order of writes), the rules of
 //!   who may do what, and the commit sequence every group entry goes through.
 //! - `wire`: request decoding and downlink encoding (canonical proto3 JSON or protobuf).
@@ -29,6 +30,7 @@ pub mod config;
 pub mod conversation;
 pub mod delivery;
 pub mod error;
+pub mod extras;
 pub mod groups;
 pub mod hooks;
 pub mod limits;

@@ -45,6 +45,15 @@ pub fn op_name(op: &Op) -> &'static str {
         Op::PushUnregister(_) => "pushUnregister",
         Op::Mute(_) => "mute",
         Op::Unmute(_) => "unmute",
+        Op::Recall(_) => "recall",
+        Op::Edit(_) => "edit",
+        Op::Typing(_) => "typing",
+        Op::Presence(_) => "presence",
+        Op::PresenceWatch(_) => "presenceWatch",
+        Op::Settings(_) => "settings",
+        Op::Block(_) => "block",
+        Op::Unblock(_) => "unblock",
+        Op::Blocked(_) => "blocked",
     }
 }
 
@@ -77,6 +86,15 @@ mod tests {
             Op::PushUnregister(PushUnregisterRequest::default()),
             Op::Mute(MuteRequest::default()),
             Op::Unmute(UnmuteRequest::default()),
+            Op::Recall(RecallRequest::default()),
+            Op::Edit(EditRequest::default()),
+            Op::Typing(TypingRequest::default()),
+            Op::Presence(PresenceRequest::default()),
+            Op::PresenceWatch(PresenceWatchRequest::default()),
+            Op::Settings(SettingsRequest::default()),
+            Op::Block(BlockRequest::default()),
+            Op::Unblock(UnblockRequest::default()),
+            Op::Blocked(BlockedRequest::default()),
         ];
         let names: Vec<_> = ops.iter().map(op_name).collect();
         assert_eq!(names, mqim_schemas::REQUEST_OPS);

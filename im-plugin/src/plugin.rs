@@ -40,6 +40,8 @@ pub struct ImPlugin {
     pub(crate) groups: Arc<Registry>,
     /// The sensitive-word filter on sends (empty until the broker loads a list).
     pub(crate) moderation: crate::moderation::Moderation,
+    /// Blocks, presence settings and watches, typing rates.
+    pub(crate) extras: crate::extras::Extras,
 }
 
 impl ImPlugin {
@@ -55,6 +57,8 @@ impl ImPlugin {
         let send_limit = SendLimiter::new(cfg.max_sends_per_sec, cfg.send_burst);
         let hooks = Arc::new(Hooks::default());
         let groups = Arc::new(Registry::load(&store).await?);
+        let debounce = Duration::from_millis(cfg.presence_debounce_ms);
+        let extras = crate::extras::Extras::load(&store, debounce).await?;
         Ok(Arc::new(ImPlugin {
             groups,
             send_limit,
@@ -67,6 +71,7 @@ impl ImPlugin {
             presence,
             hooks,
             moderation: Default::default(),
+            extras,
         }))
     }
 
@@ -106,15 +111,24 @@ impl ImPlugin {
         }
     }
 
-    pub fn device_online(&self, link: Arc<dyn DeviceLink>) {
+    pub fn device_online(self: &Arc<Self>, link: Arc<dyn DeviceLink>) {
         self.store
             .device_online(link.user(), link.device(), link.conn_id());
+        let user = link.user().to_string();
         self.presence.add(link);
+        if self.presence.devices_of(&user) == 1 {
+            self.extras.watch.changed(self, &user);
+        }
     }
 
-    pub fn device_offline(&self, user: &str, device: &str, conn_id: u64) {
+    pub fn device_offline(self: &Arc<Self>, user: &str, device: &str, conn_id: u64) {
         self.presence.remove(user, conn_id);
         self.store.device_offline(user, device, conn_id);
+        self.extras.watch.connection_closed(conn_id);
+        if self.presence.devices_of(user) == 0 {
+            self.extras.seen(user);
+            self.extras.watch.changed(self, user);
+        }
     }
 
     /// Handles one request from `link` on its uplink in `format`. The call decodes the request
@@ -160,6 +174,15 @@ impl ImPlugin {
             Some(Op::PushUnregister(r)) => ops::push_unregister::start(self, &link, r),
             Some(Op::Mute(r)) => ops::mute::start(self, &link, r),
             Some(Op::Unmute(r)) => ops::unmute::start(self, &link, r),
+            Some(Op::Recall(r)) => ops::recall::start(self, &link, r),
+            Some(Op::Edit(r)) => ops::edit::start(self, &link, r),
+            Some(Op::Typing(r)) => ops::typing::start(self, &link, r),
+            Some(Op::Presence(r)) => ops::presence::presence(self, &link, r),
+            Some(Op::PresenceWatch(r)) => ops::presence::watch(self, &link, r),
+            Some(Op::Settings(r)) => ops::presence::settings(self, &link, r),
+            Some(Op::Block(r)) => ops::block::block(self, &link, r),
+            Some(Op::Unblock(r)) => ops::block::unblock(self, &link, r),
+            Some(Op::Blocked(r)) => ops::block::blocked(self, &link, r),
             // decode_request rejects requests without an operation.
             None => return futures::future::ready(()).boxed(),
         };

@@ -104,7 +104,16 @@ mod tests {
                 "pushRegister",
                 "pushUnregister",
                 "mute",
-                "unmute"
+                "unmute",
+                "recall",
+                "edit",
+                "typing",
+                "presence",
+                "presenceWatch",
+                "settings",
+                "block",
+                "unblock",
+                "blocked"
             ]
         );
     }

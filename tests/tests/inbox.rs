@@ -6,21 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{seq, Broker, Device, RedisBroker};
+use common::{seq, unread, Broker, Device, RedisBroker};
 use serde_json::{json, Value};
-
-async fn unread(d: &mut Device, conversation: &str) -> u64 {
-    let r = d.call(json!({"conversations": {}})).await;
-    let list = r["conversations"]["conversations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
-        .find(|c| c["id"] == conversation)
-        // Proto3 JSON omits zero values: a missing count is 0.
-        .map(|c| c["unread"].as_str().unwrap_or("0").parse().unwrap())
-        .unwrap_or(0)
-}
 
 async fn unread_goes_0_3_0_across_two_devices_and_the_peer_gets_a_receipt(b: Broker) {
     let mut phone = Device::connect(&b, "bob", "phone").await;

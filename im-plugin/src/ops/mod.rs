@@ -2,17 +2,23 @@
 //! future of its reply; the plugin turns the reply (or the error) into a downlink.
 
 pub mod ack;
+pub mod amend;
+pub mod block;
 pub mod conversations;
+pub mod edit;
 pub mod group_admin;
 pub mod group_query;
 pub mod group_send;
 pub mod history;
 pub mod mute;
+pub mod presence;
 pub mod push_register;
 pub mod push_unregister;
 pub mod read;
+pub mod recall;
 pub mod send;
 pub mod sync;
+pub mod typing;
 pub mod unmute;
 
 use futures::future::BoxFuture;

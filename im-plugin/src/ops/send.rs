@@ -26,6 +26,11 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
         Ok(m) => m,
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
+    // A blocked sender learns nothing beyond this error; nothing is stored.
+    if plugin.extras.blocks(&msg.to, &msg.from) {
+        let e = crate::groups::policy::denied("you cannot send messages to this user");
+        return futures::future::ready(Err(e)).boxed();
+    }
     if let Err(e) = check_rate(plugin, &msg.from) {
         return futures::future::ready(Err(e)).boxed();
     }

@@ -184,6 +184,7 @@ impl GroupAppend {
                 group_seq,
                 mentions: m.mentions.clone(),
                 mention_all: m.mention_all,
+                ..Message::default()
             }),
             GroupEntry::Change(c) => event::Body::Group(c.clone()),
         };

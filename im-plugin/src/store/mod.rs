@@ -11,6 +11,7 @@
 //! - seqs start at 1 per user and are never skipped, reused or reordered.
 
 pub mod conformance;
+pub mod extras;
 pub mod groups;
 pub mod log;
 pub mod lsm;
@@ -274,9 +275,15 @@ pub trait PresenceStore: Send + Sync + 'static {
 }
 
 /// Everything the IM service needs from storage.
-pub trait Store: MessageStore + InboxStore + PresenceStore + groups::GroupStore {}
+pub trait Store:
+    MessageStore + InboxStore + PresenceStore + groups::GroupStore + extras::ExtrasStore
+{
+}
 
-impl<T: MessageStore + InboxStore + PresenceStore + groups::GroupStore> Store for T {}
+impl<T> Store for T where
+    T: MessageStore + InboxStore + PresenceStore + groups::GroupStore + extras::ExtrasStore
+{
+}
 
 /// Decodes a stored event that must be a message (what the history and recency indexes point at).
 pub(crate) fn decode_message(bytes: &[u8]) -> StoreResult<Message> {
@@ -347,5 +354,8 @@ pub async fn open(
     }
     let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
     let opts = opts(claims(split::LogClaim::Exclusive)?);
-    Ok(Arc::new(split::SplitStore::open(index, log, opts).await?))
+    let split = split::SplitStore::open(index, log.clone(), opts).await?;
+    // Blocks and presence settings live in the embedded log (its `extras` keyspace).
+    split.set_extras_log(log);
+    Ok(Arc::new(split))
 }

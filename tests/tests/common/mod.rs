@@ -697,3 +697,17 @@ pub async fn call_until(d: &mut Device, op: Value, want: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `d`'s user's unread count in `conversation`, as `conversations` says on that device
+/// (proto3 JSON omits zero values: a missing count is 0).
+pub async fn unread(d: &mut Device, conversation: &str) -> u64 {
+    let r = d.call(json!({"conversations": {}})).await;
+    let list = r["conversations"]["conversations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .find(|c| c["id"] == conversation)
+        .map(|c| c["unread"].as_str().unwrap_or("0").parse().unwrap())
+        .unwrap_or(0)
+}

@@ -22,6 +22,7 @@
 //!   only the expired prefix instead of every entry.
 //! - `cursors`: `lp(user) ++ device` -> `seq_be`, the acknowledged seq.
 //! - `meta`: name -> `u64_be` (`max_msg_id`, `schema_version`).
+//! - `extras`: blocks and presence settings (encodings in `extras.rs`).
 //!
 //! `lp(s)` is `len(s)` as a big-endian u32 followed by the bytes of `s`: every component but the
 //! last of a key is length-prefixed, so no user id or clientMsgId, whatever bytes it holds, can
@@ -44,7 +45,8 @@
 //! Files: `writer.rs` (the writer thread, group commit, the batch overlay), `inbox.rs` (the
 //! embedded store's writes: messages, inbox rows, reads, cursors, purges), `log_mode.rs` (the
 //! message-log writes and the [`super::log::MessageLog`] implementation), `keys.rs` (key and
-//! value encodings), `reads.rs` (the store traits: reads and entry points), `tests.rs`.
+//! value encodings), `reads.rs` (the store traits: reads and entry points), `extras.rs` (recall,
+//! edit, blocks and presence settings), `tests.rs`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,6 +71,9 @@ use super::{
 };
 use crate::conversation::Conversation;
 
+mod extras;
+#[cfg(test)]
+mod extras_tests;
 mod group_reads;
 #[cfg(test)]
 mod group_tests;
@@ -171,6 +176,7 @@ struct Keyspaces {
     group_ordinal: Keyspace,
     group_read: Keyspace,
     mentions: Keyspace,
+    extras: Keyspace,
     persist: PersistMode,
 }
 
@@ -258,6 +264,20 @@ enum Op {
         own_seq: u64,
         deadline: Instant,
     },
+    /// A recall or an edit (`extras.rs`).
+    Amend(Box<crate::store::extras::Amend>),
+    /// A block set or lifted.
+    Block {
+        blocker: String,
+        blocked: String,
+        on: bool,
+        ts: i64,
+    },
+    /// A presence setting.
+    PresenceVisible {
+        user: String,
+        visible: bool,
+    },
 }
 
 enum Output {
@@ -265,6 +285,9 @@ enum Output {
     Sent(Box<SendOutcome>),
     Group(Box<GroupOutcome>),
     GroupRead(Box<GroupReadOutcome>),
+    Amended(Box<crate::store::extras::AmendOutcome>),
+    /// A write that answers nothing but success.
+    Done,
     Cursor(u64),
     Purged(usize),
     Read(Box<ReadOutcome>),
@@ -316,6 +339,7 @@ impl LsmStore {
             group_ordinal: keyspace("group_ordinal")?,
             group_read: keyspace("group_read")?,
             mentions: keyspace("mentions")?,
+            extras: keyspace("extras")?,
             db,
             persist: sync.persist_mode(),
         };

@@ -23,7 +23,11 @@ pub(super) fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, stats: &C
         for job in jobs.drain(..) {
             if matches!(
                 job.op,
-                Op::Purge { .. } | Op::Read { .. } | Op::GroupRead { .. } | Op::LogGroupRead { .. }
+                Op::Purge { .. }
+                    | Op::Read { .. }
+                    | Op::GroupRead { .. }
+                    | Op::LogGroupRead { .. }
+                    | Op::Amend(_)
             ) {
                 commit_segment(ks, &mut segment, stats);
                 segment.push(job);
@@ -177,6 +181,20 @@ impl<'a> Pending<'a> {
             } => {
                 check_deadline(*deadline)?;
                 self.mark_group_read(user, group, *up_to, Some(*own_seq))
+            }
+            Op::Amend(a) => self.amend(a).map(|o| Output::Amended(Box::new(o))),
+            Op::Block {
+                blocker,
+                blocked,
+                on,
+                ts,
+            } => {
+                self.set_block(blocker, blocked, *on, *ts);
+                Ok(Output::Done)
+            }
+            Op::PresenceVisible { user, visible } => {
+                self.set_visible(user, *visible);
+                Ok(Output::Done)
             }
         }
     }

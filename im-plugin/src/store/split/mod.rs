@@ -62,6 +62,7 @@
 //! with its holes), `claims.rs` (node id and log claims, node liveness, presence), `tests/`.
 
 mod claims;
+mod extras;
 mod fresh;
 mod groups;
 mod pipeline;
@@ -130,6 +131,7 @@ pub struct SplitStore {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
     presence: mpsc::Sender<claims::PresenceChange>,
+    extras: extras::ExtrasSlot,
 }
 
 struct Shared {
@@ -203,6 +205,7 @@ impl SplitStore {
             shared,
             queue,
             presence,
+            extras: Default::default(),
         }
     }
 

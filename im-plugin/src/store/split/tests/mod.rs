@@ -150,6 +150,7 @@ fn kinds(events: &[Event]) -> Vec<(u64, &'static str)> {
                 Some(event::Body::Read(_)) => "read",
                 Some(event::Body::Gap(_)) => "gap",
                 Some(event::Body::Group(_)) => "group",
+                Some(_) => "extras",
                 None => "none",
             };
             (e.seq, kind)

@@ -1,0 +1,148 @@
+//! Conversation extras in the IM layer: what is kept in memory for blocking, presence and typing.
+//!
+//! - `mod.rs` (this file): [`Extras`], the block lists and hidden-presence users (loaded from the
+//!   store at start, changed after each durable write), and when each user was last seen here.
+//! - `typing`: the per-(user, conversation) rate of typing events.
+//! - `watch`: presence watch lists per connection and their debounced announcements.
+//!
+//! Every map is bounded: blocks per user ([`MAX_BLOCKS`]), watch lists per connection
+//! ([`watch::MAX_WATCH`]) and in total, typing entries ([`typing::MAX_ENTRIES`]), last-seen
+//! times ([`MAX_LAST_SEEN`]). The store keeps the truth of blocks and settings
+//! ([`crate::store::extras`]); this is a view of it for the send path, which must not wait.
+
+pub mod typing;
+pub mod watch;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use mqim_schemas::v1::ErrorCode;
+use parking_lot::Mutex;
+
+use crate::error::ImError;
+use crate::store::Store;
+
+/// Most users one user may block.
+pub const MAX_BLOCKS: usize = 1000;
+/// Most users whose last-seen time is remembered (beyond it, a new one is not recorded).
+pub const MAX_LAST_SEEN: usize = 1 << 20;
+
+/// Blocks, presence settings, last-seen times, typing rates and presence watches of this node.
+pub struct Extras {
+    /// The store has a place for blocks and settings.
+    enabled: bool,
+    /// blocker -> the users they block.
+    blocks: Mutex<HashMap<String, HashSet<String>>>,
+    hidden: Mutex<HashSet<String>>,
+    last_seen: Mutex<HashMap<String, i64>>,
+    pub(crate) typing: typing::TypingLimiter,
+    pub(crate) watch: watch::Watchers,
+}
+
+impl Extras {
+    /// Loads the blocks and settings the store holds.
+    pub async fn load(
+        store: &Arc<dyn Store>,
+        debounce: std::time::Duration,
+    ) -> anyhow::Result<Extras> {
+        let state = match store.extras_log() {
+            Some(log) => Some(log.load_extras().await?),
+            None => None,
+        };
+        let enabled = state.is_some();
+        let state = state.unwrap_or_default();
+        Ok(Extras {
+            enabled,
+            blocks: Mutex::new(
+                state
+                    .blocks
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect(),
+            ),
+            hidden: Mutex::new(state.hidden.into_iter().collect()),
+            last_seen: Mutex::default(),
+            typing: typing::TypingLimiter::default(),
+            watch: watch::Watchers::new(debounce),
+        })
+    }
+
+    /// Blocks and settings are available on this store shape.
+    pub fn check_enabled(&self) -> Result<(), ImError> {
+        if !self.enabled {
+            return Err(ImError::new(
+                ErrorCode::FailedPrecondition,
+                "blocking and presence settings need the embedded or redis+embedded store in this release",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Does `blocker` block `user`?
+    pub fn blocks(&self, blocker: &str, user: &str) -> bool {
+        self.blocks
+            .lock()
+            .get(blocker)
+            .is_some_and(|b| b.contains(user))
+    }
+
+    /// Does either of the two block the other?
+    pub fn either_blocks(&self, a: &str, b: &str) -> bool {
+        self.blocks(a, b) || self.blocks(b, a)
+    }
+
+    /// How many users `blocker` blocks.
+    pub fn block_count(&self, blocker: &str) -> usize {
+        self.blocks.lock().get(blocker).map_or(0, HashSet::len)
+    }
+
+    /// Records a block the store made durable.
+    pub(crate) fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
+        let mut blocks = self.blocks.lock();
+        if on {
+            blocks
+                .entry(blocker.to_string())
+                .or_default()
+                .insert(blocked.to_string());
+        } else if let Some(set) = blocks.get_mut(blocker) {
+            set.remove(blocked);
+            if set.is_empty() {
+                blocks.remove(blocker);
+            }
+        }
+    }
+
+    /// The users `blocker` blocks, in order.
+    pub fn blocked_by(&self, blocker: &str) -> Vec<String> {
+        let blocks = self.blocks.lock();
+        let set: BTreeSet<&String> = blocks.get(blocker).into_iter().flatten().collect();
+        set.into_iter().cloned().collect()
+    }
+
+    pub fn presence_visible(&self, user: &str) -> bool {
+        !self.hidden.lock().contains(user)
+    }
+
+    /// Records a setting the store made durable.
+    pub(crate) fn set_presence_visible(&self, user: &str, visible: bool) {
+        let mut hidden = self.hidden.lock();
+        if visible {
+            hidden.remove(user);
+        } else {
+            hidden.insert(user.to_string());
+        }
+    }
+
+    /// `user`'s last device on this node went offline now.
+    pub(crate) fn seen(&self, user: &str) {
+        let mut last = self.last_seen.lock();
+        if last.len() < MAX_LAST_SEEN || last.contains_key(user) {
+            last.insert(user.to_string(), crate::now_ms());
+        }
+    }
+
+    /// When `user` was last seen going offline here (0: not since this node started).
+    pub fn last_seen(&self, user: &str) -> i64 {
+        self.last_seen.lock().get(user).copied().unwrap_or(0)
+    }
+}

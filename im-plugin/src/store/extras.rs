@@ -1,0 +1,132 @@
+//! Conversation extras in the store: recall and edit of a stored message ([`Amend`]), and the
+//! small durable per-user state behind blocking and hidden presence ([`ExtrasLog`]).
+//!
+//! An amend rewrites the message in place in every stream that holds it (the content removed, or
+//! replaced) and appends an event saying so at the next seq of each of those streams, in one
+//! atomic write: after a crash either every copy is amended and every event is there, or nothing
+//! is. Who may amend what (the sender, a group's owner and admins) and which streams can hold the
+//! message is decided by the IM layer; the store checks what only it knows (the message exists,
+//! its sender, its age) inside the same write, so nothing can slip between the check and it.
+//!
+//! Typing and presence are live only and never touch the store.
+//!
+//! The default methods refuse, like [`super::groups::GroupStore`]'s, so a store shape without
+//! extras answers with a clear error instead of losing anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use mqim_schemas::v1::Event;
+
+use super::{StoreError, StoreResult};
+
+/// What an amend does to the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AmendKind {
+    /// Remove the content (text, body, type, mentions); the message stays as `recalled`.
+    Recall,
+    /// Replace the content.
+    Edit {
+        text: Option<String>,
+        body: Option<Bytes>,
+    },
+}
+
+/// One stream that may hold the message, and how its owner calls the conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmendTarget {
+    pub owner: String,
+    pub conversation: String,
+}
+
+/// A recall or an edit, as accepted by the IM layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Amend {
+    /// Who asks.
+    pub by: String,
+    pub msg_id: u64,
+    pub kind: AmendKind,
+    /// The stream in which the message is looked up (the caller's own copy, or a group's log).
+    pub home: AmendTarget,
+    /// The other streams that may hold a copy (the peer, the group's members); the ones that do
+    /// get the event.
+    pub others: Vec<AmendTarget>,
+    /// The message is a group message and the group's log is `home`: its event carries the
+    /// log's next seq as its group seq, and so does every copy.
+    pub group_log: bool,
+    /// The caller may amend other senders' messages at any age (a group's owner or admin
+    /// recalling).
+    pub privileged: bool,
+    /// Messages accepted before this time (Unix ms) are too old for a non-privileged caller.
+    pub not_before_ms: i64,
+    /// Acceptance time of the amend (Unix ms): the edit's `editedAt`.
+    pub ts: i64,
+}
+
+/// What an amend did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AmendOutcome {
+    /// Amended: the events appended, each with its stream's owner (the home stream first).
+    Done(Vec<(String, Event)>),
+    /// Nothing to do: the message was already recalled, or already has this content; with the
+    /// time of its latest edit (0: never edited).
+    Unchanged { edited_at: i64 },
+    /// No such message in the caller's conversation.
+    NotFound,
+    /// Not the caller's message (and the caller is not privileged).
+    NotYours,
+    /// Older than the window.
+    TooOld,
+    /// A recalled message cannot be edited.
+    Recalled,
+}
+
+/// Everything the IM layer keeps in memory of the extras, as loaded at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtrasState {
+    /// blocker -> the users they block.
+    pub blocks: BTreeMap<String, BTreeSet<String>>,
+    /// Users who hide their presence.
+    pub hidden: BTreeSet<String>,
+}
+
+/// The durable state of blocks and presence settings. The embedded store implements it (in
+/// both of its roles: the whole store, and the message log under a Redis index), so the split
+/// store keeps blocks in its log when the log is the embedded one.
+#[async_trait]
+pub trait ExtrasLog: Send + Sync + 'static {
+    /// `blocker` blocks (`on`) or no longer blocks `blocked`. Durable when it returns.
+    async fn set_block(&self, blocker: &str, blocked: &str, on: bool) -> StoreResult<()>;
+
+    /// Whether `user`'s presence is shown to others. Durable when it returns.
+    async fn set_presence_visible(&self, user: &str, visible: bool) -> StoreResult<()>;
+
+    /// Every block and setting.
+    async fn load_extras(&self) -> StoreResult<ExtrasState>;
+}
+
+fn no_amend() -> StoreError {
+    StoreError::new(
+        "recall and edit are not available on this store shape yet (use the embedded store)",
+    )
+}
+
+/// The extras a store shape offers.
+pub trait ExtrasStore: Send + Sync + 'static {
+    /// Whether recall and edit are available.
+    fn has_amend(&self) -> bool {
+        false
+    }
+
+    /// Applies `amend` atomically and durably. Enqueued in call order, like appends.
+    fn amend(&self, _amend: Amend) -> BoxFuture<'static, StoreResult<AmendOutcome>> {
+        Box::pin(async { Err(no_amend()) })
+    }
+
+    /// Where blocks and settings are kept; `None`: this store shape has no place for them.
+    fn extras_log(&self) -> Option<&dyn ExtrasLog> {
+        None
+    }
+}

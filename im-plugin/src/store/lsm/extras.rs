@@ -1,0 +1,332 @@
+//! The embedded store's conversation extras: recall and edit (the message rewritten in place in
+//! every stream holding it, an event at the next seq of each, unread rows of a recalled message
+//! removed, all in one batch), and the `extras` keyspace of blocks and presence settings (also
+//! what the split store keeps in its log when the log is this store).
+//!
+//! Keyspace `extras` (see `mod.rs` for `lp`):
+//! - `b ++ lp(blocker) ++ blocked` -> `ts_be`: a block, and when it was made.
+//! - `h ++ user` -> empty: the user hides their presence.
+//!
+//! An amend runs alone in its commit (see [`writer_loop`]): it reads committed event and index
+//! rows, which the batch overlay does not cover. As everywhere in this store, everything that
+//! can fail happens before the first write.
+
+use mqim_schemas::v1::{event, Edited, Recalled};
+
+use super::*;
+use crate::store::extras::{
+    Amend, AmendKind, AmendOutcome, AmendTarget, ExtrasLog, ExtrasState, ExtrasStore,
+};
+
+const BLOCK: u8 = b'b';
+const HIDDEN: u8 = b'h';
+
+fn block_key(blocker: &str, blocked: &str) -> Vec<u8> {
+    let mut key = vec![BLOCK];
+    push_lp(&mut key, blocker.as_bytes());
+    key.extend_from_slice(blocked.as_bytes());
+    key
+}
+
+fn hidden_key(user: &str) -> Vec<u8> {
+    let mut key = vec![HIDDEN];
+    key.extend_from_slice(user.as_bytes());
+    key
+}
+
+/// One stream's copy of the message, found and amended, not yet written.
+struct Found {
+    owner: String,
+    conversation: String,
+    /// The rewritten copy.
+    row: (Vec<u8>, Slice),
+    group_seq: u64,
+    /// The copy's unread row, if it was unread: (row key, count key, count before).
+    unread: Option<(Vec<u8>, Vec<u8>, u64)>,
+    /// The owner's mention marker points at this message.
+    mention: Option<Vec<u8>>,
+}
+
+impl Pending<'_> {
+    /// The copy of message `msg_id` in `t`'s stream, with its seq, if the stream holds one.
+    fn find_copy(&self, t: &AmendTarget, msg_id: u64) -> StoreResult<Option<(u64, Event)>> {
+        let mut index = checked_key(user_conv_key(&t.owner, &t.conversation))?;
+        index.extend_from_slice(&msg_id.to_be_bytes());
+        let Some(seq) = self.ks.conv_index.get(&index).map_err(StoreError::new)? else {
+            return Ok(None);
+        };
+        let seq = decode_u64(&seq, "history seq")?;
+        let bytes = self
+            .ks
+            .events
+            .get(event_key(&t.owner, seq))
+            .map_err(StoreError::new)?
+            .ok_or_else(|| StoreError::new("history index points at a missing event"))?;
+        Ok(Some((
+            seq,
+            Event::decode(&*bytes).map_err(StoreError::new)?,
+        )))
+    }
+
+    pub(super) fn amend(&mut self, a: &Amend) -> StoreResult<AmendOutcome> {
+        let Some((_, home)) = self.find_copy(&a.home, a.msg_id)? else {
+            return Ok(AmendOutcome::NotFound);
+        };
+        let Some(event::Body::Message(original)) = home.body else {
+            return Err(StoreError::new(
+                "a history row points at an event that is not a message",
+            ));
+        };
+        if original.recalled {
+            return Ok(match a.kind {
+                AmendKind::Recall => AmendOutcome::Unchanged {
+                    edited_at: original.edited_at,
+                },
+                AmendKind::Edit { .. } => AmendOutcome::Recalled,
+            });
+        }
+        let privileged = a.privileged && a.kind == AmendKind::Recall;
+        if !privileged {
+            if original.from != a.by {
+                return Ok(AmendOutcome::NotYours);
+            }
+            if original.ts < a.not_before_ms {
+                return Ok(AmendOutcome::TooOld);
+            }
+        }
+        if let AmendKind::Edit { text, body } = &a.kind {
+            if original.text == *text && original.body == *body {
+                return Ok(AmendOutcome::Unchanged {
+                    edited_at: original.edited_at,
+                });
+            }
+        }
+
+        let log_seq = match a.group_log {
+            true => self.next_seq(&a.home.owner)?,
+            false => 0,
+        };
+        let mut found = Vec::with_capacity(1 + a.others.len());
+        for t in std::iter::once(&a.home).chain(&a.others) {
+            let Some((seq, mut copy)) = self.find_copy(t, a.msg_id)? else {
+                continue;
+            };
+            let Some(event::Body::Message(m)) = copy.body.as_mut() else {
+                return Err(StoreError::new(
+                    "a history row points at an event that is not a message",
+                ));
+            };
+            match &a.kind {
+                AmendKind::Recall => {
+                    m.text = None;
+                    m.body = None;
+                    m.r#type = None;
+                    m.mentions.clear();
+                    m.mention_all = false;
+                    m.recalled = true;
+                }
+                AmendKind::Edit { text, body } => {
+                    m.text = text.clone();
+                    m.body = body.clone();
+                    m.edited_at = a.ts;
+                }
+            }
+            let row = event_row(&t.owner, &copy)?;
+            let count_key = checked_key(user_conv_key(&t.owner, &t.conversation))?;
+            let mut unread_key = count_key.clone();
+            unread_key.extend_from_slice(&seq.to_be_bytes());
+            let unread = match a.kind == AmendKind::Recall
+                && self
+                    .ks
+                    .unread
+                    .get(&unread_key)
+                    .map_err(StoreError::new)?
+                    .is_some()
+            {
+                true => {
+                    let count = self.get_u64(Table::UnreadCount, &count_key, "unread count")?;
+                    Some((unread_key, count_key.clone(), count))
+                }
+                false => None,
+            };
+            let mention = match self.get(Table::Mentions, &count_key)? {
+                Some(v)
+                    if a.kind == AmendKind::Recall && decode_u64(&v, "mention")? == a.msg_id =>
+                {
+                    Some(count_key)
+                }
+                _ => None,
+            };
+            found.push(Found {
+                owner: t.owner.clone(),
+                conversation: t.conversation.clone(),
+                row,
+                group_seq: match a.group_log {
+                    true => log_seq,
+                    false => copy.group_seq,
+                },
+                unread,
+                mention,
+            });
+        }
+        let mut appended = Vec::with_capacity(found.len());
+        for (i, f) in found.iter().enumerate() {
+            let seq = match (i, a.group_log) {
+                (0, true) => log_seq,
+                _ => self.next_seq(&f.owner)?,
+            };
+            let body = match &a.kind {
+                AmendKind::Recall => event::Body::Recalled(Recalled {
+                    conversation: f.conversation.clone(),
+                    msg_id: a.msg_id,
+                    by: a.by.clone(),
+                }),
+                AmendKind::Edit { text, body } => event::Body::Edited(Edited {
+                    conversation: f.conversation.clone(),
+                    msg_id: a.msg_id,
+                    text: text.clone(),
+                    body: body.clone(),
+                    edited_at: a.ts,
+                }),
+            };
+            let ev = Event {
+                seq,
+                body: Some(body),
+                group_seq: f.group_seq,
+            };
+            let row = event_row(&f.owner, &ev)?;
+            appended.push((f.owner.clone(), ev, row));
+        }
+
+        // Writes: nothing below can fail.
+        for f in found {
+            self.batch.insert(&self.ks.events, f.row.0, f.row.1);
+            if let Some((row, count_key, count)) = f.unread {
+                // A recalled message is never unread.
+                self.batch.remove(&self.ks.unread, row);
+                match count.saturating_sub(1) {
+                    0 => self.remove(Table::UnreadCount, count_key),
+                    left => self.put(Table::UnreadCount, count_key, u64_value(left)),
+                }
+            }
+            if let Some(key) = f.mention {
+                self.remove(Table::Mentions, key);
+            }
+        }
+        let mut events = Vec::with_capacity(appended.len());
+        for (owner, ev, row) in appended {
+            self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(ev.seq));
+            self.batch.insert(&self.ks.events, row.0, row.1);
+            events.push((owner, ev));
+        }
+        Ok(AmendOutcome::Done(events))
+    }
+
+    pub(super) fn set_block(&mut self, blocker: &str, blocked: &str, on: bool, ts: i64) {
+        let key = block_key(blocker, blocked);
+        match on {
+            true => self
+                .batch
+                .insert(&self.ks.extras, key, ts.to_be_bytes().to_vec()),
+            false => self.batch.remove(&self.ks.extras, key),
+        }
+    }
+
+    pub(super) fn set_visible(&mut self, user: &str, visible: bool) {
+        let key = hidden_key(user);
+        match visible {
+            true => self.batch.remove(&self.ks.extras, key),
+            false => self.batch.insert(&self.ks.extras, key, Vec::new()),
+        }
+    }
+}
+
+/// Checks the parts of an extras key before it is queued (the writer's batch cannot fail later).
+fn checked_extras_key(parts: &[&str]) -> StoreResult<()> {
+    checked_key(parts.iter().flat_map(|p| p.bytes()).chain([0; 5]).collect()).map(|_| ())
+}
+
+impl LsmStore {
+    async fn submit_extras(&self, op: Op) -> StoreResult<()> {
+        match self.submit(op).await? {
+            Output::Done => Ok(()),
+            _ => Err(unexpected_output()),
+        }
+    }
+}
+
+#[async_trait]
+impl ExtrasLog for LsmStore {
+    async fn set_block(&self, blocker: &str, blocked: &str, on: bool) -> StoreResult<()> {
+        checked_extras_key(&[blocker, blocked])?;
+        self.submit_extras(Op::Block {
+            blocker: blocker.to_string(),
+            blocked: blocked.to_string(),
+            on,
+            ts: crate::now_ms(),
+        })
+        .await
+    }
+
+    async fn set_presence_visible(&self, user: &str, visible: bool) -> StoreResult<()> {
+        checked_extras_key(&[user])?;
+        self.submit_extras(Op::PresenceVisible {
+            user: user.to_string(),
+            visible,
+        })
+        .await
+    }
+
+    async fn load_extras(&self) -> StoreResult<ExtrasState> {
+        self.read(|ks| {
+            let corrupt = || StoreError::new("corrupt extras key");
+            let mut state = ExtrasState::default();
+            for entry in ks.extras.iter() {
+                let key = entry.key().map_err(StoreError::new)?;
+                match key.split_first() {
+                    Some((&BLOCK, rest)) => {
+                        let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(corrupt)?;
+                        let len = u32::from_be_bytes(*len) as usize;
+                        let (blocker, blocked) =
+                            (rest.get(..len).ok_or_else(corrupt)?, &rest[len..]);
+                        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt());
+                        state
+                            .blocks
+                            .entry(text(blocker)?)
+                            .or_default()
+                            .insert(text(blocked)?);
+                    }
+                    Some((&HIDDEN, user)) => {
+                        state
+                            .hidden
+                            .insert(String::from_utf8(user.to_vec()).map_err(|_| corrupt())?);
+                    }
+                    _ => return Err(corrupt()),
+                }
+            }
+            Ok(state)
+        })
+        .await
+    }
+}
+
+impl ExtrasStore for LsmStore {
+    fn has_amend(&self) -> bool {
+        true
+    }
+
+    fn amend(&self, amend: Amend) -> BoxFuture<'static, StoreResult<AmendOutcome>> {
+        // Enqueued now, in call order, like appends.
+        let answer = self.enqueue(Op::Amend(Box::new(amend)));
+        Box::pin(async move {
+            match answer?.await.map_err(|_| writer_gone())?? {
+                Output::Amended(outcome) => Ok(*outcome),
+                _ => Err(unexpected_output()),
+            }
+        })
+    }
+
+    fn extras_log(&self) -> Option<&dyn ExtrasLog> {
+        Some(self)
+    }
+}

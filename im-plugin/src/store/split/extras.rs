@@ -1,0 +1,30 @@
+//! The split store's conversation extras: blocks and presence settings are kept in the message
+//! log when the log can hold them (the embedded log of `redis+embedded`, which is the same fjall
+//! store and keyspace as the embedded shape's); recall and edit are not built on this shape yet,
+//! so the refusing defaults of [`ExtrasStore`] answer them.
+//!
+//! It must not reach into the pipeline: nothing here allocates seqs or touches the Redis index.
+
+use std::sync::{Arc, OnceLock};
+
+use super::SplitStore;
+use crate::store::extras::{ExtrasLog, ExtrasStore};
+
+/// Where this split store keeps blocks and settings, once [`SplitStore::set_extras_log`] named
+/// it (a ScyllaDB log has no place for them yet).
+#[derive(Default)]
+pub(super) struct ExtrasSlot(OnceLock<Arc<dyn ExtrasLog>>);
+
+impl SplitStore {
+    /// Keeps blocks and presence settings in `log` (the same store as this one's message log).
+    /// Only the first call counts.
+    pub fn set_extras_log(&self, log: Arc<dyn ExtrasLog>) {
+        let _ = self.extras.0.set(log);
+    }
+}
+
+impl ExtrasStore for SplitStore {
+    fn extras_log(&self) -> Option<&dyn ExtrasLog> {
+        self.extras.0.get().map(|l| l.as_ref())
+    }
+}
