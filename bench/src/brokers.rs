@@ -77,6 +77,9 @@ pub struct BrokerSpec {
     pub auth: Auth,
     /// mqim's store shape (ignored for Mosquitto).
     pub store: Store,
+    /// mqim: serve the admin API on a port of its own and stay up after a drain (the drain
+    /// scenario); off elsewhere, so the other scenarios measure MQTT only.
+    pub admin: bool,
 }
 
 impl BrokerSpec {
@@ -99,6 +102,9 @@ pub struct Auth {
 struct Claims<'a> {
     sub: &'a str,
     exp: u64,
+    /// An admin token (`mqim token <name> --admin`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    adm: bool,
 }
 
 impl Auth {
@@ -114,23 +120,31 @@ impl Auth {
 
     /// (username, password) for `user`.
     pub fn credentials(&self, user: &str) -> (Option<String>, Option<String>) {
-        match &self.secret {
+        match self.sign(user, false) {
             None => (None, None),
-            Some(secret) => {
-                let exp = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs()
-                    + 24 * 3600;
-                let token = jsonwebtoken::encode(
-                    &Header::default(),
-                    &Claims { sub: user, exp },
-                    &EncodingKey::from_secret(secret.as_bytes()),
-                )
-                .expect("HS256 signing cannot fail");
-                (Some(user.to_string()), Some(token))
-            }
+            Some(token) => (Some(user.to_string()), Some(token)),
         }
+    }
+
+    /// An admin bearer token for mqim's admin API; None when running anonymous.
+    pub fn admin_token(&self, name: &str) -> Option<String> {
+        self.sign(name, true)
+    }
+
+    fn sign(&self, sub: &str, adm: bool) -> Option<String> {
+        let secret = self.secret.as_ref()?;
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            + 24 * 3600;
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &Claims { sub, exp, adm },
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("HS256 signing cannot fail");
+        Some(token)
     }
 }
 
@@ -149,6 +163,8 @@ pub struct Broker {
     pub spec: BrokerSpec,
     pub port: u16,
     ws_port: u16,
+    /// mqim's admin listener, when the spec asks for it.
+    pub admin_port: Option<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     restarts: u32,
@@ -178,6 +194,10 @@ impl Broker {
             spec: spec.clone(),
             port: free_port()?,
             ws_port: free_port()?,
+            admin_port: match spec.admin && spec.kind == Kind::Mqim {
+                true => Some(free_port()?),
+                false => None,
+            },
             dir,
             child: None,
             restarts: 0,
@@ -236,8 +256,14 @@ impl Broker {
                     .env("MQIM_DATA_DIR", self.data_dir())
                     .env("MQIM_MQTT_LISTEN", format!("127.0.0.1:{}", self.port))
                     .env("MQIM_WS_LISTEN", format!("127.0.0.1:{}", self.ws_port))
-                    // Benchmarks measure MQTT; two instances must not contend for one port.
-                    .env("MQIM_ADMIN_LISTEN", "off")
+                    // Benchmarks measure MQTT (the admin API only where the scenario drives
+                    // it); two instances must not contend for one port.
+                    .env(
+                        "MQIM_ADMIN_LISTEN",
+                        self.admin_port
+                            .map_or("off".to_string(), |p| format!("127.0.0.1:{p}")),
+                    )
+                    .env("MQIM_EXIT_AFTER_DRAIN", "false")
                     .env(
                         "MQIM_AUTH_HS256_SECRET",
                         self.spec.auth.secret.clone().unwrap_or_default(),

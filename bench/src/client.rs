@@ -203,7 +203,7 @@ impl FrameReader {
     }
 }
 
-fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
+pub(crate) fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
     loop {
         let mut byte = (len % 128) as u8;
         len /= 128;
@@ -217,7 +217,7 @@ fn put_remaining_length(buf: &mut BytesMut, mut len: usize) {
     }
 }
 
-fn put_str(buf: &mut BytesMut, s: &[u8]) {
+pub(crate) fn put_str(buf: &mut BytesMut, s: &[u8]) {
     buf.put_u16(s.len() as u16);
     buf.put_slice(s);
 }
@@ -323,43 +323,68 @@ async fn handshake(
     opts: &ConnectOptions<'_>,
     topic: &str,
 ) -> Result<Connection, ConnectError> {
+    let mut connect = BytesMut::with_capacity(128 + opts.password.map_or(0, str::len));
+    encode_connect(&mut connect, opts);
+    let mut subscribe = BytesMut::with_capacity(16 + topic.len());
+    encode_subscribe(&mut subscribe, 1, topic, 1);
+    // 3.1.1: CONNACK's return code is its second byte, SUBACK's after the packet id.
+    let codes = Answers {
+        connack: |b| b.get(1).copied(),
+        suback: |b| b.get(2).copied(),
+    };
+    exchange(addr, src, &connect, &subscribe, &codes).await
+}
+
+/// Where a protocol level keeps the result codes of CONNACK and SUBACK (None: too short).
+pub(crate) struct Answers {
+    pub connack: fn(&[u8]) -> Option<u8>,
+    pub suback: fn(&[u8]) -> Option<u8>,
+}
+
+/// The handshake of any protocol level: TCP connect, `connect`, CONNACK, `subscribe`, SUBACK
+/// (a SUBACK code of 0x80 or above is a refusal).
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    connect: &[u8],
+    subscribe: &[u8],
+    answers: &Answers,
+) -> Result<Connection, ConnectError> {
     let mut stream = tcp_connect(addr, src).await?;
-    let mut out = BytesMut::with_capacity(128 + opts.password.map_or(0, str::len));
-    encode_connect(&mut out, opts);
-    stream.write_all(&out).await?;
+    stream.write_all(connect).await?;
     let mut reader = FrameReader::default();
     let frame = reader
         .next(&mut stream)
         .await?
         .ok_or(ConnectError::Closed)?;
-    if frame.kind() != CONNACK || frame.body.len() < 2 {
-        return Err(ConnectError::Protocol(format!(
-            "expected CONNACK, got packet type {}",
-            frame.kind()
-        )));
+    let code = (frame.kind() == CONNACK)
+        .then(|| (answers.connack)(&frame.body))
+        .flatten();
+    match code {
+        Some(0) => {}
+        Some(code) => return Err(ConnectError::Rejected(code)),
+        None => {
+            return Err(ConnectError::Protocol(format!(
+                "expected CONNACK, got packet type {}",
+                frame.kind()
+            )))
+        }
     }
-    if frame.body[1] != 0 {
-        return Err(ConnectError::Rejected(frame.body[1]));
-    }
-    out.clear();
-    encode_subscribe(&mut out, 1, topic, 1);
-    stream.write_all(&out).await?;
+    stream.write_all(subscribe).await?;
     loop {
         let frame = reader
             .next(&mut stream)
             .await?
             .ok_or(ConnectError::Closed)?;
         match frame.kind() {
-            SUBACK => {
-                if frame.body.len() < 3 {
-                    return Err(ConnectError::Protocol("short SUBACK".into()));
+            SUBACK => match (answers.suback)(&frame.body) {
+                None => return Err(ConnectError::Protocol("short SUBACK".into())),
+                Some(c) if c >= 0x80 => return Err(ConnectError::SubscribeRejected),
+                Some(_) => {
+                    reader.shrink();
+                    return Ok(Connection { stream, reader });
                 }
-                if frame.body[2] == 0x80 {
-                    return Err(ConnectError::SubscribeRejected);
-                }
-                reader.shrink();
-                return Ok(Connection { stream, reader });
-            }
+            },
             // A retained or queued message may come before the SUBACK; nothing else should.
             PUBLISH | PINGRESP => continue,
             k => {

@@ -3,12 +3,15 @@
 //! This file owns the command line, the resolved options (`--quick` defaults), raising
 //! RLIMIT_NOFILE, the tokio runtime, running the chosen scenarios against both brokers in order
 //! (mqim once per `--stores` shape where a scenario compares them), and the exit code. Each
-//! scenario lives in its own file (`idle.rs`, `throughput.rs`, `latency.rs`, `storm.rs`); brokers
-//! are started by `brokers.rs`, the MQTT client is `client.rs`, the sender/receiver workload is
+//! scenario lives in its own file (`idle.rs`, `throughput.rs`, `latency.rs`, `storm.rs`,
+//! `fanout.rs`, `drain.rs`); brokers are started by `brokers.rs`, the MQTT client is `client.rs`
+//! (its 5.0 subset for the drain in `client_v5.rs`), the sender/receiver workload is
 //! `workload.rs`, and tables/`BENCHMARKS.md` are `report.rs`.
 
 mod brokers;
 mod client;
+mod client_v5;
+mod drain;
 mod fanout;
 mod idle;
 mod latency;
@@ -44,7 +47,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 enum Cmd {
-    /// All five scenarios.
+    /// All six scenarios.
     All,
     /// Scenario 1: N idle connections; broker RSS per connection and time to connect.
     Idle,
@@ -57,6 +60,9 @@ enum Cmd {
     /// Scenario 5: one sender into a small and a large group of online members; time until the
     /// last member has each message.
     Fanout,
+    /// Scenario 6: the storm's drain variant: N MQTT 5 clients on mqim node A, A drained with
+    /// redirect to node B; time until all are back on B, refused attempts.
+    Drain,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -132,6 +138,9 @@ struct Opts {
     /// Storm: give up waiting for reconnects after this many seconds [default: 300; quick: 30].
     #[arg(long, global = true)]
     storm_timeout: Option<f64>,
+    /// Drain: connections node A closes per second (mqim's default drain rate).
+    #[arg(long, global = true, default_value_t = 500)]
+    drain_rate: u32,
     /// Connection handshakes in flight at once while connecting many clients (kept below
     /// Mosquitto's listen backlog of 100 so that neither broker sees SYN drops).
     #[arg(long, global = true, default_value_t = 64)]
@@ -155,6 +164,8 @@ pub struct Settings {
     pub storm_backoff_base: Duration,
     pub storm_backoff_cap: Duration,
     pub storm_timeout: Duration,
+    /// The drain scenario's rate (connections/s); its size is `storm_clients`.
+    pub drain_rate: u32,
     pub connect_concurrency: usize,
     /// Why a requested size was reduced (shown in the report).
     pub clamp_notes: Vec<String>,
@@ -179,6 +190,7 @@ impl Settings {
             ),
             storm_backoff_cap: Duration::from_secs_f64(o.storm_backoff_cap.max(0.01)),
             storm_timeout: Duration::from_secs_f64(pick(o.storm_timeout, 300.0, 30.0).max(1.0)),
+            drain_rate: o.drain_rate.max(1),
             connect_concurrency: o.connect_concurrency.max(1),
             clamp_notes: Vec::new(),
         }
@@ -461,6 +473,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
                 bin: bin.to_path_buf(),
                 auth,
                 store: Store::Embedded,
+                admin: false,
             })
         } else {
             Err(format!("binary {} does not exist", bin.display()))
@@ -515,12 +528,14 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
             Cmd::Latency,
             Cmd::Storm,
             Cmd::Fanout,
+            Cmd::Drain,
         ],
         Cmd::Idle => &[Cmd::Idle],
         Cmd::Throughput => &[Cmd::Throughput],
         Cmd::Latency => &[Cmd::Latency],
         Cmd::Storm => &[Cmd::Storm],
         Cmd::Fanout => &[Cmd::Fanout],
+        Cmd::Drain => &[Cmd::Drain],
     };
     let mut sections = Vec::new();
     for sc in scenarios {
@@ -530,6 +545,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<bool> {
             Cmd::Latency => latency::run(&ctx).await,
             Cmd::Storm => storm::run(&ctx).await,
             Cmd::Fanout => fanout::run(&ctx).await,
+            Cmd::Drain => drain::run(&ctx).await,
             Cmd::All => unreachable!(),
         };
         sections.push(section);

@@ -13,12 +13,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 
 /// Scenario ids, in file order.
-pub const SCENARIOS: [(&str, &str); 5] = [
+pub const SCENARIOS: [(&str, &str); 6] = [
     ("idle", "1. Idle connections"),
     ("throughput", "2. Throughput"),
     ("latency", "3. Latency (open loop)"),
     ("storm", "4. Reconnect storm"),
     ("fanout", "5. Group fan-out"),
+    (
+        "drain",
+        "6. Drain to another node (the storm's drain variant)",
+    ),
 ];
 
 /// One value in a table.
@@ -384,7 +388,7 @@ numbers to read are the **mqim / Mosquitto ratios**, not the absolute values.
   like-for-like competitor.
 
 Run everything: `cargo run --release -p mqim-bench -- all` (or `idle`, `throughput`, `latency`,
-`storm`; `--help` for the knobs). `--quick` runs tiny versions and prints to stdout only.
+`storm`, `fanout`, `drain`; `--help` for the knobs). `--quick` runs tiny versions and prints to stdout only.
 
 Where mqim's time and memory go, with the profiles behind it: [`bench/PROFILE.md`](bench/PROFILE.md).
 ";

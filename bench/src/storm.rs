@@ -29,25 +29,45 @@ pub fn backoff(k: u32, base: Duration, cap: Duration, jitter: f64) -> Duration {
     Duration::from_secs_f64(d.min(cap.as_secs_f64()))
 }
 
+/// What the clients of a storm count, shared by all of them (the drain variant too).
 #[derive(Default)]
-struct Counters {
-    up: AtomicUsize,
-    initial_failed: AtomicUsize,
-    went_down: AtomicUsize,
-    reconnected: AtomicUsize,
-    attempts: AtomicU64,
-    refused: AtomicU64,
-    rejected: AtomicU64,
-    timeouts: AtomicU64,
-    closed: AtomicU64,
-    other: AtomicU64,
-    max_attempts: AtomicU64,
-    first_failure: Mutex<Option<String>>,
-    rejected_codes: Mutex<Vec<u8>>,
+pub(crate) struct Counters {
+    pub(crate) up: AtomicUsize,
+    pub(crate) initial_failed: AtomicUsize,
+    pub(crate) went_down: AtomicUsize,
+    pub(crate) reconnected: AtomicUsize,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) closed: AtomicU64,
+    pub(crate) other: AtomicU64,
+    pub(crate) max_attempts: AtomicU64,
+    pub(crate) first_failure: Mutex<Option<String>>,
+    pub(crate) rejected_codes: Mutex<Vec<u8>>,
 }
 
 impl Counters {
-    fn count_failure(&self, e: &ConnectError) {
+    /// Waits until all `n` clients (started at `t0`) are up or gave up, then a moment for the
+    /// last SUBACKs to settle; the time they took, or how many are up if not all.
+    pub(crate) async fn wait_until_up(&self, n: usize, t0: Instant) -> Result<Duration, usize> {
+        let connect_limit = Duration::from_secs(60 + n as u64 / 100);
+        while self.up.load(Ordering::Relaxed) + self.initial_failed.load(Ordering::Relaxed) < n {
+            if t0.elapsed() > connect_limit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = t0.elapsed();
+        let up = self.up.load(Ordering::Relaxed);
+        if up < n {
+            return Err(up);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(took)
+    }
+
+    pub(crate) fn count_failure(&self, e: &ConnectError) {
         match e {
             ConnectError::Refused => &self.refused,
             ConnectError::Rejected(code) => {
@@ -189,20 +209,13 @@ pub async fn run_one(
     for (i, (u, p)) in creds.into_iter().enumerate() {
         tasks.spawn(storm_client(i, u, p, cfg.clone(), sem.clone(), c.clone()));
     }
-    let connect_limit = Duration::from_secs(60 + n as u64 / 100);
-    while c.up.load(Ordering::Relaxed) + c.initial_failed.load(Ordering::Relaxed) < n {
-        if t0.elapsed() > connect_limit {
-            break;
+    let initial_connect = match c.wait_until_up(n, t0).await {
+        Ok(d) => d,
+        Err(up) => {
+            tasks.shutdown().await;
+            bail!("only {up} of {n} clients connected before the restart");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let initial_connect = t0.elapsed();
-    let up = c.up.load(Ordering::Relaxed);
-    if up < n {
-        tasks.shutdown().await;
-        bail!("only {up} of {n} clients connected before the restart");
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    };
 
     eprintln!(
         "[mqim-bench] storm: killing {} with {n} clients connected",

@@ -308,7 +308,6 @@ async fn a_system_message_is_stored_and_delivered_from_the_system_sender() {
     );
 
     for body in [
-        json!({"to": "g:staff", "text": "hi"}),
         json!({"to": "alice", "text": "hi"}),
         json!({"to": "u:alice", "text": ""}),
         json!({"to": "u:alice"}),
@@ -342,7 +341,11 @@ async fn user_view_shows_the_stream_head_device_cursors_and_unread() {
     assert_eq!(v["head_seq"], 3);
     assert_eq!(
         v["devices"],
-        json!([{"device": "laptop", "acked_seq": 2, "online": true}])
+        json!([{"device": "laptop", "acked_seq": 2, "online": true, "node": 0}])
+    );
+    assert_eq!(
+        v["presence"], "node",
+        "the embedded store knows this node only"
     );
     assert_eq!(
         (v["unread_total"].as_u64(), v["conversations"].as_u64()),

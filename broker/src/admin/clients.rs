@@ -1,5 +1,8 @@
 //! `GET /api/v1/clients`, `GET|DELETE /api/v1/clients/{user}/{device}`: the connections online
-//! on this node, and kicking one (5.0: DISCONNECT 0x98 "administrative action").
+//! on this node, and kicking one (5.0: DISCONNECT 0x98 "administrative action"). Only this
+//! node's, by nature: a row describes a socket this process holds (peer, outbox, counters). The
+//! devices a user has online on other nodes are in `GET /api/v1/users/{user}` (where the store
+//! shares presence).
 
 use std::sync::Arc;
 
@@ -93,6 +96,7 @@ fn describe(s: &Session) -> Client {
     get,
     path = "/api/v1/clients",
     tag = "clients",
+    description = "The connections this node holds (other nodes' are not listed: see `GET /users/{user}` for a user's devices on every node).",
     security(("bearer" = [])),
     params(ClientQuery),
     responses(

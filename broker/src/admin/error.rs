@@ -85,6 +85,10 @@ impl From<ImError> for ApiError {
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::ContentRejected => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            // The request is fine; the state it meets is not (a disbanded group, a store shape
+            // without groups).
+            ErrorCode::FailedPrecondition => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError {

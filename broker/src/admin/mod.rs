@@ -4,14 +4,15 @@
 //!
 //! Files, one concern each: `auth` (admin bearer tokens, audit lines), `error` (the JSON error
 //! shape and the extractors that produce it), `stats` (`/stats` and its rate sampler),
-//! `clients` (online connections, kick), `users` (a user's state, ban/unban), `messages`
-//! (system messages), `node` (drain, health, moderation reload, `/metrics`), `openapi` (the
+//! `clients` (online connections, kick), `users` (a user's state, ban/unban), `groups` (a
+//! group and its members), `push` (a user's push state), `messages` (system messages), `node` (drain, health, moderation reload, `/metrics`), `openapi` (the
 //! document), `console` (the embedded web console), `tls` (optional HTTPS).
 
 mod auth;
 mod clients;
 mod console;
 mod error;
+mod groups;
 mod messages;
 mod node;
 mod openapi;
@@ -104,6 +105,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/users/{user}", get(users::get_user))
         .route("/users/{user}/ban", post(users::ban).delete(users::unban))
         .route("/bans", get(users::list_bans))
+        .route("/groups/{id}", get(groups::get_group))
+        .route("/groups/{id}/members", get(groups::members))
         .route("/push/{user}", get(push::get_push))
         .route("/messages", post(messages::send))
         .route("/drain", post(node::drain))

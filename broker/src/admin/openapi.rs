@@ -6,13 +6,13 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{clients, messages, node, push, stats, users};
+use super::{clients, groups, messages, node, push, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "mqim admin API",
-        description = "Operate an mqim node: stats, clients, users and bans, system messages, drain. \
+        description = "Operate an mqim node: stats, clients, users and bans, groups, push state, system messages, drain. \
                        Every call but healthz/readyz needs `Authorization: Bearer <admin token>` \
                        (`mqim token <name> --admin`)."
     ),
@@ -25,6 +25,8 @@ use super::{clients, messages, node, push, stats, users};
         users::ban,
         users::unban,
         users::list_bans,
+        groups::get_group,
+        groups::members,
         push::get_push,
         messages::send,
         node::drain,

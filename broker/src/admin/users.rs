@@ -19,9 +19,13 @@ pub struct UserView {
     pub user: String,
     /// The highest seq of the user's stream (0: no events yet).
     pub head_seq: u64,
-    /// Devices connected to this node, each with the last seq it acknowledged. The stores keep
-    /// no list of a user's devices, so offline devices do not appear.
+    /// Devices online, each with the last seq it acknowledged and the node it is connected
+    /// to: on any node when `presence` is `cluster` (the Redis store shapes share presence),
+    /// on this node only when it is `node`. The stores keep no list of a user's devices, so
+    /// offline devices do not appear.
     pub devices: Vec<DeviceView>,
+    /// `cluster`: `devices` covers every node; `node`: this node's connections only.
+    pub presence: String,
     pub unread_total: u64,
     pub conversations: usize,
     /// The user has more conversations than were counted (1000).
@@ -35,6 +39,8 @@ pub struct DeviceView {
     pub device: String,
     pub acked_seq: u64,
     pub online: bool,
+    /// The id of the node the device is connected to (`im.node_id`).
+    pub node: u16,
 }
 
 /// A ban in force.
@@ -113,8 +119,14 @@ pub async fn get_user(
                 device: d.device,
                 acked_seq: d.acked_seq,
                 online: d.online,
+                node: d.node,
             })
             .collect(),
+        presence: match s.presence_shared {
+            true => "cluster",
+            false => "node",
+        }
+        .to_string(),
         unread_total: s.unread_total,
         conversations: s.conversations,
         conversations_capped: s.conversations_capped,

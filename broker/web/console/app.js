@@ -1,6 +1,7 @@
 // The mqim console: a client of the admin REST API (/api/v1) holding the admin token in this
 // tab's session storage. No framework; one module per concern would be overkill at this size:
-// api() talks to the server, show() switches pages, one function per page renders it.
+// api() talks to the server, show() switches pages (`#page` or `#page/<arg>`: `#group/123`,
+// `#push/bob` open that group or user), one function per page renders it.
 import { drawChart } from "/console/chart.js";
 
 const $ = (id) => document.getElementById(id);
@@ -26,12 +27,18 @@ async function api(method, path, body) {
   return data;
 }
 
-function show(page) {
-  const pages = ["overview", "clients", "user", "message", "drain"];
-  if (!pages.includes(page)) page = "overview";
-  for (const p of pages) $(p).hidden = p !== page;
+const PAGES = ["overview", "clients", "user", "group", "push", "message", "drain"];
+
+function show(hash) {
+  const cut = hash.indexOf("/");
+  let page = cut < 0 ? hash : hash.slice(0, cut);
+  const arg = cut < 0 ? "" : decodeURIComponent(hash.slice(cut + 1));
+  if (!PAGES.includes(page)) page = "overview";
+  for (const p of PAGES) $(p).hidden = p !== page;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.getAttribute("href") === `#${page}`);
   if (page === "clients") loadClients();
+  if (page === "group" && arg) { $("group-id").value = arg; loadGroup(arg); }
+  if (page === "push" && arg) { $("push-user").value = arg; loadPush(arg); }
 }
 
 function loggedIn(yes) {
@@ -42,7 +49,7 @@ function loggedIn(yes) {
     poll();
     timer = setInterval(poll, POLL_MS);
   } else {
-    for (const id of ["overview", "clients", "user", "message", "drain"]) $(id).hidden = true;
+    for (const id of PAGES) $(id).hidden = true;
     clearInterval(timer);
   }
 }
@@ -140,10 +147,96 @@ async function loadUser(user) {
   rows.replaceChildren();
   for (const d of u.devices) {
     const tr = document.createElement("tr");
-    cell(tr, d.device); cell(tr, d.acked_seq); cell(tr, d.online ? "yes" : "no");
+    tr.dataset.device = d.device;
+    cell(tr, d.device); cell(tr, d.acked_seq); cell(tr, d.online ? "yes" : "no"); cell(tr, d.node);
     rows.appendChild(tr);
   }
+  $("user-presence").textContent = u.presence === "cluster"
+    ? "Devices online on any node of the cluster (presence from the shared store)."
+    : "Devices online on this node (the store keeps no cluster-wide presence).";
+  $("user-push-link").href = `#push/${encodeURIComponent(u.user)}`;
   $("user-status").textContent = "";
+}
+
+const MEMBERS_PAGE = 50;
+let groupShown = null; // { id, next } of the group on the page
+
+async function loadGroup(raw) {
+  const id = raw.trim();
+  let g;
+  try { g = await api("GET", `/groups/${encodeURIComponent(id)}`); }
+  catch (e) { $("group-status").textContent = e.message; $("group-view").hidden = true; return; }
+  $("group-view").hidden = false;
+  $("group-view").dataset.group = g.id;
+  $("group-name").textContent = g.name;
+  $("group-owner").textContent = g.owner;
+  $("group-kind").textContent = g.large ? "large (stored once, read from the group's log)" : "small (a copy per member)";
+  $("group-count").textContent = g.member_count;
+  $("group-created").textContent = new Date(g.created_at).toLocaleString();
+  $("group-seq").textContent = g.last_group_seq;
+  $("group-state").textContent = g.disbanded ? "disbanded" : "active";
+  $("group-status").textContent = "";
+  $("group-members").replaceChildren();
+  groupShown = { id: g.id, next: null };
+  await moreMembers();
+}
+
+async function moreMembers() {
+  if (!groupShown) return;
+  const { id, next } = groupShown;
+  const q = `?limit=${MEMBERS_PAGE}${next ? `&after=${encodeURIComponent(next)}` : ""}`;
+  let page;
+  try { page = await api("GET", `/groups/${encodeURIComponent(id)}/members${q}`); }
+  catch (e) { $("group-members-status").textContent = e.message; return; }
+  const rows = $("group-members");
+  for (const m of page.members) {
+    const tr = document.createElement("tr");
+    tr.dataset.member = m.user;
+    const who = cell(tr, "");
+    const a = document.createElement("a");
+    a.textContent = m.user;
+    a.href = "#user";
+    a.onclick = () => { $("user-id").value = m.user; loadUser(m.user); };
+    who.appendChild(a);
+    cell(tr, m.role); cell(tr, new Date(m.joined_at).toLocaleString()); cell(tr, m.joined_seq);
+    rows.appendChild(tr);
+  }
+  groupShown.next = page.next;
+  $("group-more").hidden = !page.next;
+  $("group-members-status").textContent = `${rows.children.length} member(s) shown${page.next ? ", more to load" : ""}`;
+}
+
+async function loadPush(user) {
+  let p;
+  try { p = await api("GET", `/push/${encodeURIComponent(user)}`); }
+  catch (e) { $("push-status").textContent = e.message; $("push-view").hidden = true; return; }
+  $("push-view").hidden = false;
+  $("push-view").dataset.user = p.user;
+  const rows = $("push-devices");
+  rows.replaceChildren();
+  for (const d of p.devices) {
+    const tr = document.createElement("tr");
+    tr.dataset.device = d.device;
+    cell(tr, d.device);
+    cell(tr, d.provider ?? "(not registered)");
+    cell(tr, d.tokenHint ? `…${d.tokenHint}` : "–");
+    cell(tr, [d.sandbox ? "sandbox" : "", d.preview ? "preview" : ""].filter(Boolean).join(", ") || "–");
+    cell(tr, d.pushedUpTo);
+    cell(tr, d.badge ?? "–");
+    const last = d.outcomes[d.outcomes.length - 1];
+    const td = cell(tr, last ? `${last.status}${last.reason ? ` (${last.reason})` : ""} · seq ${last.seq} · ${new Date(last.at).toLocaleTimeString()}` : "none yet");
+    td.className = "outcome";
+    if (d.outcomes.length > 1) td.title = d.outcomes.map((o) => `${new Date(o.at).toLocaleTimeString()} ${o.provider} ${o.status} ${o.reason}`).join("\n");
+    rows.appendChild(tr);
+  }
+  const mutes = $("push-mutes");
+  mutes.replaceChildren();
+  for (const m of p.mutes) {
+    const li = document.createElement("li");
+    li.textContent = `${m.conversation}${m.until ? ` until ${new Date(m.until).toLocaleString()}` : " (until unmuted)"}`;
+    mutes.appendChild(li);
+  }
+  $("push-status").textContent = p.devices.length ? "" : `no push state for ${p.user} on this node`;
 }
 
 function wire() {
@@ -157,6 +250,9 @@ function wire() {
   window.onhashchange = () => token() && show(location.hash.slice(1));
   $("clients-search").onsubmit = (ev) => { ev.preventDefault(); loadClients(); };
   $("user-search").onsubmit = (ev) => { ev.preventDefault(); loadUser($("user-id").value.trim()); };
+  $("group-search").onsubmit = (ev) => { ev.preventDefault(); loadGroup($("group-id").value); };
+  $("group-more").onclick = () => moreMembers();
+  $("push-search").onsubmit = (ev) => { ev.preventDefault(); loadPush($("push-user").value.trim()); };
   $("ban-form").onsubmit = async (ev) => {
     ev.preventDefault();
     const user = $("user-view").dataset.user;
@@ -176,7 +272,7 @@ function wire() {
     ev.preventDefault();
     try {
       const r = await api("POST", "/messages", { to: $("message-to").value.trim(), text: $("message-text").value });
-      $("message-status").textContent = `sent, msgId ${r.msgId}`;
+      $("message-status").textContent = `sent, msgId ${r.msgId}${r.groupSeq ? `, group seq ${r.groupSeq}` : ""}`;
     } catch (e) { $("message-status").textContent = e.message; }
   };
   $("drain-form").onsubmit = async (ev) => {
