@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::fresh::Writing;
 use super::pipeline::{fail, index_durable, retry_after_conflict, IndexUpdate, Job};
-use super::{answer, Shared, SplitStore};
+use super::{answer, Reply, Shared, SplitStore};
 use crate::conversation::Conversation;
 use crate::store::groups::{
     log_owner, GroupAppend, GroupEntry, GroupOutcome, GroupReadOutcome, GroupRecord, GroupStore,
@@ -141,6 +141,61 @@ async fn read_moves(
     Ok((up_to <= position).then_some(unread))
 }
 
+/// A group entry with a dedup key whose original is still in flight on this node waits for it
+/// (`None`: it is answered with the original's outcome), as a resent message does; otherwise
+/// it goes on (`Some`) and is recorded as in flight. Without this a resend would be allocated
+/// seqs in every member's stream that the log then fills with gaps.
+pub(super) fn wait_for_inflight(
+    shared: &Shared,
+    entry: GroupAppend,
+    reply: Reply<GroupOutcome>,
+) -> Option<Job> {
+    if let Some(key) = entry.dedup_key() {
+        let key = (key.owner, key.client_msg_id);
+        let mut inflight = shared.group_inflight.lock();
+        match inflight.get_mut(&key) {
+            Some(waiters) => {
+                waiters.push(reply);
+                return None;
+            }
+            None => {
+                inflight.insert(key, Vec::new());
+            }
+        }
+    }
+    Some(Job::Group {
+        entry,
+        reply,
+        attempt: 0,
+    })
+}
+
+/// Answers a group entry and every resend that waited for it.
+pub(super) fn finish_group(
+    shared: &Shared,
+    entry: &GroupAppend,
+    outcome: StoreResult<GroupOutcome>,
+    reply: Reply<GroupOutcome>,
+) {
+    let waiters = match entry.dedup_key() {
+        Some(k) => shared
+            .group_inflight
+            .lock()
+            .remove(&(k.owner, k.client_msg_id))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    for waiter in waiters {
+        let answer = match &outcome {
+            Ok(GroupOutcome::Fresh(a)) => Ok(GroupOutcome::Duplicate(a.sent.clone())),
+            Ok(GroupOutcome::Duplicate(original)) => Ok(GroupOutcome::Duplicate(original.clone())),
+            Err(e) => Err(StoreError(e.0.clone())),
+        };
+        let _ = waiter.send(answer);
+    }
+    let _ = reply.send(outcome);
+}
+
 /// Starts the log write of an allocated group job and finishes it on a task of its own.
 pub(super) fn dispatch(
     shared: &Arc<Shared>,
@@ -154,8 +209,8 @@ pub(super) fn dispatch(
         Err(e) => return fail(shared, job, &e),
     };
     match (job, answer) {
-        (Job::Group { reply, .. }, Allocated::Duplicate(original)) => {
-            let _ = reply.send(Ok(GroupOutcome::Duplicate(original)));
+        (Job::Group { entry, reply, .. }, Allocated::Duplicate(original)) => {
+            finish_group(shared, &entry, Ok(GroupOutcome::Duplicate(original)), reply);
         }
         (
             Job::Group {
@@ -185,14 +240,13 @@ pub(super) fn dispatch(
                         return retry_after_conflict(&this, job, &user, seq);
                     }
                     Err(LogError::Unavailable(e)) => {
-                        let _ = reply.send(Err(e));
-                        return;
+                        return finish_group(&this, &entry, Err(e), reply);
                     }
                 };
                 if let GroupOutcome::Fresh(a) = &outcome {
                     index_group(&this, &entry, &a.sent).await;
                 }
-                let _ = reply.send(Ok(outcome));
+                finish_group(&this, &entry, Ok(outcome), reply);
             });
         }
         (

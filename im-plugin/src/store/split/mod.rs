@@ -151,6 +151,8 @@ struct Shared {
     writing: Mutex<HashMap<String, usize>>,
     /// (sender, clientMsgId) of appends in flight -> resends waiting for their outcome.
     inflight: Mutex<HashMap<SendKey, Vec<Reply<SendOutcome>>>>,
+    /// The same for group entries with a dedup key (`groups.rs`).
+    group_inflight: Mutex<HashMap<SendKey, Vec<Reply<crate::store::groups::GroupOutcome>>>>,
     /// Requests to allocate again (after a conflict or a stale answer), ahead of new ones.
     retries: mpsc::UnboundedSender<Job>,
     /// Rebuilds started by the pipeline report here when they are done.
@@ -192,6 +194,7 @@ impl SplitStore {
             rebuilds: Mutex::new(HashMap::new()),
             holes: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            group_inflight: Mutex::new(HashMap::new()),
             writing: Mutex::new(HashMap::new()),
             retries,
             rebuilt,

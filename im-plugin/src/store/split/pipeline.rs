@@ -306,6 +306,11 @@ impl Pipeline {
                         }
                     }
                 }
+                Job::Group {
+                    entry,
+                    reply,
+                    attempt: 0,
+                } => super::groups::wait_for_inflight(&shared, entry, reply),
                 other => Some(other),
             })
             .collect();
@@ -608,8 +613,8 @@ pub(super) fn fail(shared: &Shared, job: Job, e: &StoreError) {
         Job::Read { reply, .. } => {
             let _ = reply.send(Err(e));
         }
-        Job::Group { reply, .. } => {
-            let _ = reply.send(Err(e));
+        Job::Group { entry, reply, .. } => {
+            super::groups::finish_group(shared, &entry, Err(e), reply)
         }
         Job::GroupRead { reply, .. } => {
             let _ = reply.send(Err(e));

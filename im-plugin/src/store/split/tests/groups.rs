@@ -318,3 +318,44 @@ async fn group_sends_across_redis_restores_and_flushes_reuse_no_seq() {
         );
     }
 }
+
+/// A resend of a group message whose original is still in flight waits for it: one entry in the
+/// group's log, one copy per member, the same `sent` for both, and no seq spent on the resend
+/// (without the wait, every member's stream would get a gap for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resend_while_the_original_is_in_flight_spends_no_seq() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().unwrap();
+    let store = SplitStore::new(
+        index_on(&redis).await,
+        Arc::new(LsmStore::open(dir.path()).unwrap()),
+        SplitOptions::default(),
+    );
+    let members: Vec<String> = (0..4).map(|i| format!("r{i}")).collect();
+    let mut acked = Acked::new();
+    append_until_acked(&store, create("r", &members, false), &mut acked).await;
+    let m = group_message("r", &members[0], "twice", &members, false);
+    // Both enqueued before either is answered: the second is a resend of one in flight.
+    let (a, b) = tokio::join!(store.append_group(m.clone()), store.append_group(m));
+    let (a, b) = (a.expect("original"), b.expect("resend"));
+    let sent = match (&a, &b) {
+        (GroupOutcome::Fresh(x), GroupOutcome::Duplicate(s)) => {
+            assert_eq!(&x.sent, s, "the resend gets the original's `sent`");
+            x.sent.clone()
+        }
+        other => panic!("not one fresh entry and one duplicate: {other:?}"),
+    };
+    assert_eq!(sent.group_seq, 2);
+    for m in &members {
+        let events = whole_stream(&store, m).await;
+        assert!(
+            events.iter().all(|e| e
+                .body
+                .as_ref()
+                .is_some_and(|b| !matches!(b, event::Body::Gap(_)))),
+            "{m}'s stream has a gap: {events:?}"
+        );
+        assert_eq!(events.len(), 2, "{m}: the creation and the message");
+    }
+    assert_eq!(store.group_log("r", 0, 10).await.unwrap().events.len(), 2);
+}
