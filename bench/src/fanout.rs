@@ -523,9 +523,18 @@ pub async fn run(ctx: &Ctx) -> Section {
             n + 1
         );
         rows_for(&label, a.done(), m.done(), &mut section.rows);
-        for (who, run) in [("mqim", a.done()), ("Mosquitto", m.done())] {
+        // Mosquitto ran once per group size: its problem is told once, under the first store.
+        let mosquitto = (Some(store) == ctx.stores.first())
+            .then(|| m.done())
+            .flatten();
+        for (who, run) in [("mqim", a.done()), ("Mosquitto", mosquitto)] {
             if let Some(o) = run {
                 if o.complete < o.sent {
+                    let label = if who == "mqim" {
+                        label.as_str()
+                    } else {
+                        label.split(" on ").next().unwrap_or_default()
+                    };
                     section.problems.push(format!(
                         "{who}, {label}: {} of {} messages did not reach every member",
                         o.sent - o.complete,
