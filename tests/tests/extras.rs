@@ -1,5 +1,5 @@
 //! Conversation extras end to end: recall, edit, typing, presence (+ watch, hidden presence),
-//! blocking. The real broker binary, real rumqttc clients (3.1.1 and 5.0), `mosquitto_sub` as a
+//! blocking; recall, edit and blocking on the embedded store and on `redis+embedded` alike. The real broker binary, real rumqttc clients (3.1.1 and 5.0), `mosquitto_sub` as a
 //! second client stack, a real `redis-server` for the `redis+embedded` shape, and `kill -9` of
 //! the broker for what must survive it.
 
@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{full_stream, seq, token, unread, Broker, Device, Proto, RedisBroker};
+use common::{full_stream, on_both_stores, seq, token, unread, Broker, Device, Proto, RedisBroker};
 use serde_json::{json, Value};
 
 /// The msgId of a `sent` reply, as the client got it (a decimal string).
@@ -55,12 +55,27 @@ async fn create_group(d: &mut Device, members: &[&str]) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn a_recalled_unread_message_disappears_for_both_and_unread_drops_on_both_reader_devices() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "a1").await;
-    let mut phone = Device::connect(&b, "bob", "phone").await;
-    let mut laptop = Device::connect_with(&b, "bob", "laptop", Proto::V5).await;
+on_both_stores!(
+    a_recalled_unread_message_disappears_for_both_and_unread_drops_on_both_reader_devices,
+    recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_history_and_sync,
+    in_a_group_the_owner_recalls_any_message_and_the_sender_edits_for_every_member,
+    a_blocked_sender_is_refused_and_nothing_is_stored_across_reconnects_and_a_restart,
+);
+
+mod with_a_one_second_recall_window {
+    use super::*;
+    on_both_stores!(
+        [("MQIM_RECALL_WINDOW_SECS", "1")];
+        recall_is_refused_outside_the_window_for_others_messages_and_unknown_ids
+    );
+}
+
+async fn a_recalled_unread_message_disappears_for_both_and_unread_drops_on_both_reader_devices(
+    b: &mut Broker,
+) {
+    let mut alice = Device::connect(b, "alice", "a1").await;
+    let mut phone = Device::connect(b, "bob", "phone").await;
+    let mut laptop = Device::connect_with(b, "bob", "laptop", Proto::V5).await;
     let first = alice.send("bob", "c1", "the password is hunter2").await;
     alice.send("bob", "c2", "ignore that").await;
     for d in [&mut phone, &mut laptop] {
@@ -98,11 +113,9 @@ async fn a_recalled_unread_message_disappears_for_both_and_unread_drops_on_both_
     phone.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
-async fn recall_is_refused_outside_the_window_for_others_messages_and_unknown_ids() {
-    let b = Broker::start_with(&[("MQIM_RECALL_WINDOW_SECS", "1")]);
-    let mut alice = Device::connect(&b, "alice", "a1").await;
-    let mut bob = Device::connect(&b, "bob", "b1").await;
+async fn recall_is_refused_outside_the_window_for_others_messages_and_unknown_ids(b: &mut Broker) {
+    let mut alice = Device::connect(b, "alice", "a1").await;
+    let mut bob = Device::connect(b, "bob", "b1").await;
     let sent = alice.send("bob", "c1", "hi").await;
     event_of(&mut bob, "message").await;
 
@@ -129,11 +142,11 @@ async fn recall_is_refused_outside_the_window_for_others_messages_and_unknown_id
     bob.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
-async fn recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_history_and_sync() {
-    let mut b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "a1").await;
-    let mut bob = Device::connect(&b, "bob", "b1").await;
+async fn recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_history_and_sync(
+    b: &mut Broker,
+) {
+    let mut alice = Device::connect(b, "alice", "a1").await;
+    let mut bob = Device::connect(b, "bob", "b1").await;
     let secret = alice.send("bob", "c1", "secret plan").await;
     let typo = alice.send("bob", "c2", "see you at 7").await;
     let r = alice
@@ -160,7 +173,7 @@ async fn recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_his
 
     b.kill9();
     b.restart();
-    let mut bob = Device::connect(&b, "bob", "b2").await;
+    let mut bob = Device::connect(b, "bob", "b2").await;
     let h = history(&mut bob, "u:alice").await;
     assert_eq!(h[0]["text"], "see you at 8", "{h:?}");
     assert_eq!(h[0]["editedAt"], edited_at);
@@ -180,17 +193,17 @@ async fn recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_his
     assert!(!format!("{stream:?}").contains("secret plan"));
     assert!(!format!("{stream:?}").contains("at 7"));
     // Seqs stay contiguous after the restart: the next message is seq 5.
-    alice = Device::connect(&b, "alice", "a2").await;
+    alice = Device::connect(b, "alice", "a2").await;
     alice.send("bob", "c3", "ok").await;
     assert_eq!(seq(&event_of(&mut bob, "message").await), 5);
 }
 
-#[tokio::test]
-async fn in_a_group_the_owner_recalls_any_message_and_the_sender_edits_for_every_member() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "a1").await;
-    let mut bob = Device::connect(&b, "bob", "b1").await;
-    let mut carol = Device::connect(&b, "carol", "c1").await;
+async fn in_a_group_the_owner_recalls_any_message_and_the_sender_edits_for_every_member(
+    b: &mut Broker,
+) {
+    let mut alice = Device::connect(b, "alice", "a1").await;
+    let mut bob = Device::connect(b, "bob", "b1").await;
+    let mut carol = Device::connect(b, "carol", "c1").await;
     let g = create_group(&mut alice, &["bob", "carol"]).await;
     let send =
         |text: &str, cmid: &str| json!({"send": {"to": g, "clientMsgId": cmid, "text": text}});
@@ -316,7 +329,9 @@ async fn blocking_holds(b: &Broker, round: &str) {
     bob.disconnect().await;
 }
 
-async fn block_then_check(b: &mut Broker) {
+async fn a_blocked_sender_is_refused_and_nothing_is_stored_across_reconnects_and_a_restart(
+    b: &mut Broker,
+) {
     let mut bob = Device::connect(b, "bob", "b1").await;
     let mut mallory = Device::connect(b, "mallory", "m1").await;
     mallory.send("bob", "m-0", "first contact").await;
@@ -344,37 +359,6 @@ async fn block_then_check(b: &mut Broker) {
         event_of(&mut bob, "message").await["message"]["text"],
         "sorry"
     );
-}
-
-#[tokio::test]
-async fn a_blocked_sender_is_refused_and_nothing_is_stored_across_reconnects_and_a_restart() {
-    let mut b = Broker::start();
-    block_then_check(&mut b).await;
-}
-
-#[tokio::test]
-async fn on_redis_embedded_blocking_survives_a_restart_and_recall_is_refused_clearly() {
-    let RedisBroker {
-        mut broker,
-        redis: _redis,
-    } = RedisBroker::start();
-    block_then_check(&mut broker).await;
-    let mut alice = Device::connect(&broker, "alice", "a1").await;
-    let sent = alice.send("bob", "c1", "hi").await;
-    for op in [
-        json!({"recall": {"conversation": "u:bob", "msgId": mid(&sent)}}),
-        json!({"edit": {"conversation": "u:bob", "msgId": mid(&sent), "text": "x"}}),
-    ] {
-        let r = alice.call(op).await;
-        assert_eq!(code(&r), "FAILED_PRECONDITION", "{r}");
-        assert!(
-            r["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("embedded store"),
-            "{r}"
-        );
-    }
 }
 
 /// Presence between alice and bob on `b`, a stranger refused, hidden presence respected, and a

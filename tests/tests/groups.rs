@@ -9,32 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::groups::*;
-use common::{full_stream, seq, Broker, Device, Proto, RedisBroker};
+use common::{full_stream, on_both_stores, seq, Broker, Device, Proto};
 use serde_json::{json, Value};
-
-/// Each scenario as a test on the embedded store and one on `redis+embedded` (a real
-/// `redis-server` of its own as the index, the embedded log).
-macro_rules! on_both_stores {
-    ($($scenario:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(&super::Broker::start()).await
-                }
-            )*
-        }
-        mod redis_embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let rb = super::RedisBroker::start();
-                    super::$scenario(&rb.broker).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     a_small_group_over_three_mqtt_stacks_gets_each_message_once_in_group_seq_order,

@@ -49,7 +49,7 @@ fn enqueue(
     if !plugin.store.has_amend() {
         return Err(ImError::new(
             ErrorCode::FailedPrecondition,
-            "recall and edit need the embedded store in this release",
+            "recall and edit need the embedded store or redis+embedded in this release",
         ));
     }
     if msg_id == 0 {

@@ -8,18 +8,24 @@
 //! message is decided by the IM layer; the store checks what only it knows (the message exists,
 //! its sender, its age) inside the same write, so nothing can slip between the check and it.
 //!
+//! On the split store the amend is planned, allocated and logged like a message ([`AmendLog`]):
+//! the log says which streams hold the message (and whether the amend is allowed at all), the
+//! index allocates one seq in each, and the log writes the amend at those seqs.
+//!
 //! Typing and presence are live only and never touch the store.
 //!
 //! The default methods refuse, like [`super::groups::GroupStore`]'s, so a store shape without
 //! extras answers with a clear error instead of losing anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use mqim_schemas::v1::Event;
 
+use super::log::LogResult;
 use super::{StoreError, StoreResult};
 
 /// What an amend does to the message.
@@ -107,9 +113,42 @@ pub trait ExtrasLog: Send + Sync + 'static {
     async fn load_extras(&self) -> StoreResult<ExtrasState>;
 }
 
+/// What a message log found before an amend is allocated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AmendPlan {
+    /// Nothing is to be written: the answer as it stands (not found, not yours, too old,
+    /// recalled, unchanged; never `Done`).
+    Answer(AmendOutcome),
+    /// The streams holding the message, the home stream first: one seq is needed in each.
+    Write(Vec<String>),
+}
+
+/// The amend half of a message log: recall and edit at seqs the index allocated.
+///
+/// Contract (checked through the split store by the amend conformance cases):
+/// - [`AmendLog::plan_amend`] reads only: it makes the checks [`ExtrasStore::amend`] makes and
+///   names the streams of `amend.home` and `amend.others` that hold a copy.
+/// - [`AmendLog::log_amend`] makes the checks again and writes what [`ExtrasStore::amend`]
+///   writes, atomically, with the event of each holder at its given seq (the home stream's seq
+///   is the group seq of every event when `amend.group_log`). If the answer is no longer `Done`
+///   (another amend got there first), it writes gaps at the given seqs and returns the answer.
+///   A given seq that holds an event refuses the whole write with
+///   [`super::log::LogError::Conflict`]. Deadlines as for [`super::log::MessageLog::log_message`].
+#[async_trait]
+pub trait AmendLog: Send + Sync + 'static {
+    async fn plan_amend(&self, amend: &Amend) -> StoreResult<AmendPlan>;
+
+    fn log_amend(
+        &self,
+        amend: Amend,
+        seqs: Vec<(String, u64)>,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<AmendOutcome>>;
+}
+
 fn no_amend() -> StoreError {
     StoreError::new(
-        "recall and edit are not available on this store shape yet (use the embedded store)",
+        "recall and edit are not available on this store shape yet (use embedded or redis+embedded)",
     )
 }
 

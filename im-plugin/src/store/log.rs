@@ -182,6 +182,11 @@ pub trait MessageLog: Send + Sync + 'static {
     fn groups(&self) -> Option<&dyn GroupLog> {
         None
     }
+
+    /// Recall and edit, if this log can write them.
+    fn amends(&self) -> Option<&dyn super::extras::AmendLog> {
+        None
+    }
 }
 
 /// The group half of a message log: the group reads of [`GroupStore`] (its writing methods are

@@ -55,14 +55,55 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     pub fn start() -> RedisBroker {
+        Self::start_with(&[])
+    }
+
+    /// With more environment for the broker (config overrides).
+    pub fn start_with(env: &[(&str, &str)]) -> RedisBroker {
         let redis = mqim_im_plugin::testing::RedisServer::start();
-        let broker = Broker::start_with(&[
+        let url = redis.url();
+        let mut all = vec![
             ("MQIM_STORE_BACKEND", "redis+embedded"),
-            ("MQIM_REDIS_URL", &redis.url()),
-        ]);
+            ("MQIM_REDIS_URL", url.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let broker = Broker::start_with(&all);
         RedisBroker { broker, redis }
     }
 }
+
+/// Each scenario (an `async fn(&mut Broker)`, or `&Broker`) as a test on the embedded store
+/// (`mod embedded`) and one on `redis+embedded` (`mod redis_embedded`: a real `redis-server` of
+/// its own as the index, the embedded log), each broker started with the environment given
+/// before the `;`, if any.
+#[allow(unused_macros)] // each test file links this module; few use the macro
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        $crate::common::on_both_stores!([]; $($scenario),*);
+    };
+    ($env:expr; $($scenario:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut b = $crate::common::Broker::start_with(&$env);
+                    super::$scenario(&mut b).await
+                }
+            )*
+        }
+        mod redis_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let mut rb = $crate::common::RedisBroker::start_with(&$env);
+                    super::$scenario(&mut rb.broker).await
+                }
+            )*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_stores;
 
 /// A running broker. Killed when dropped; the data dir lives as long as this value.
 pub struct Broker {

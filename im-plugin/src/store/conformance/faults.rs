@@ -27,6 +27,9 @@ fn for_each_case_names_every_case_in_order() {
         .chain(group_cases().into_iter().map(|(n, _)| n))
         .collect();
     assert_eq!(listed, all);
+    let listed: Vec<&str> = for_each_amend_case!(names);
+    let all: Vec<&str> = amend_cases().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(listed, all);
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -9,8 +9,9 @@
 //! ScyllaDB) link it from their own tests.
 //!
 //! Files: `messages.rs` (the [`MessageStore`] cases), `inbox.rs` (unread, reads, conversations,
-//! history), `groups.rs` (group logs, copies, positions, mentions), `faults.rs` (each case
-//! fails on a store with its defect).
+//! history), `groups.rs` (group logs, copies, positions, mentions), `amends.rs` (recall and
+//! edit, for stores that amend: [`for_each_amend_case`]), `faults.rs` (each case fails on a
+//! store with its defect).
 //!
 //! One assumption about time: a dedup entry counts as "recorded" no later than the moment
 //! `append_message` returns and no earlier than the message's `ts`; [`purge_dedup_removes_only_older`]
@@ -28,12 +29,14 @@ use mqim_schemas::v1::{self, event, Event};
 
 use super::{Appended, MessageStore, NewMessage, SendOutcome, SentRecord, Store};
 
+mod amends;
 #[cfg(test)]
 mod faults;
 mod groups;
 mod inbox;
 mod messages;
 
+pub use amends::*;
 pub use groups::*;
 pub use inbox::*;
 pub use messages::*;
@@ -114,6 +117,40 @@ pub fn group_cases() -> Vec<(&'static str, InboxCase)> {
         }),
     ]
 }
+
+/// Every amend case with its name, in a stable order (stores that amend: `has_amend()`).
+pub fn amend_cases() -> Vec<(&'static str, InboxCase)> {
+    vec![
+        ("amend_recall_rewrites_every_copy_and_clears_unread", |s| {
+            amend_recall_rewrites_every_copy_and_clears_unread(s).boxed()
+        }),
+        ("amend_refusals_write_nothing_and_spend_no_seq", |s| {
+            amend_refusals_write_nothing_and_spend_no_seq(s).boxed()
+        }),
+        ("amend_edit_replaces_the_content_once", |s| {
+            amend_edit_replaces_the_content_once(s).boxed()
+        }),
+        ("amend_group_recall_by_an_admin_reaches_every_member", |s| {
+            amend_group_recall_by_an_admin_reaches_every_member(s).boxed()
+        }),
+    ]
+}
+
+/// Calls `$test!(case, case, ...)` with every case of [`amend_cases`], for the backends that
+/// amend (a store shape that cannot leaves them out and refuses amends clearly).
+#[cfg(test)]
+macro_rules! for_each_amend_case {
+    ($test:ident) => {
+        $test! {
+            amend_recall_rewrites_every_copy_and_clears_unread,
+            amend_refusals_write_nothing_and_spend_no_seq,
+            amend_edit_replaces_the_content_once,
+            amend_group_recall_by_an_admin_reaches_every_member
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use for_each_amend_case;
 
 /// Calls `$test!(case, case, ...)` with every case of [`cases`], [`inbox_cases`] and
 /// [`group_cases`], so a

@@ -7,6 +7,9 @@
 //! - `b ++ lp(blocker) ++ blocked` -> `ts_be`: a block, and when it was made.
 //! - `h ++ user` -> empty: the user hides their presence.
 //!
+//! In log mode (under a Redis index) an amend is planned by a read ([`AmendLog::plan_amend`])
+//! and written at the seqs the index allocated ([`Pending::log_amend`]).
+//!
 //! An amend runs alone in its commit (see [`writer_loop`]): it reads committed event and index
 //! rows, which the batch overlay does not cover. As everywhere in this store, everything that
 //! can fail happens before the first write.
@@ -15,8 +18,11 @@ use mqim_schemas::v1::{event, Edited, Recalled};
 
 use super::*;
 use crate::store::extras::{
-    Amend, AmendKind, AmendOutcome, AmendTarget, ExtrasLog, ExtrasState, ExtrasStore,
+    Amend, AmendKind, AmendLog, AmendOutcome, AmendPlan, AmendTarget, ExtrasLog, ExtrasState,
+    ExtrasStore,
 };
+use crate::store::gap_event;
+use crate::store::log::LogResult;
 
 const BLOCK: u8 = b'b';
 const HIDDEN: u8 = b'h';
@@ -68,9 +74,11 @@ impl Pending<'_> {
         )))
     }
 
-    pub(super) fn amend(&mut self, a: &Amend) -> StoreResult<AmendOutcome> {
+    /// The checks of an amend, and the copies it rewrites (home first); `Err` with the answer
+    /// when nothing is to be written. Reads only.
+    fn check_amend(&self, a: &Amend) -> StoreResult<Result<Vec<Found>, AmendOutcome>> {
         let Some((_, home)) = self.find_copy(&a.home, a.msg_id)? else {
-            return Ok(AmendOutcome::NotFound);
+            return Ok(Err(AmendOutcome::NotFound));
         };
         let Some(event::Body::Message(original)) = home.body else {
             return Err(StoreError::new(
@@ -78,34 +86,30 @@ impl Pending<'_> {
             ));
         };
         if original.recalled {
-            return Ok(match a.kind {
+            return Ok(Err(match a.kind {
                 AmendKind::Recall => AmendOutcome::Unchanged {
                     edited_at: original.edited_at,
                 },
                 AmendKind::Edit { .. } => AmendOutcome::Recalled,
-            });
+            }));
         }
         let privileged = a.privileged && a.kind == AmendKind::Recall;
         if !privileged {
             if original.from != a.by {
-                return Ok(AmendOutcome::NotYours);
+                return Ok(Err(AmendOutcome::NotYours));
             }
             if original.ts < a.not_before_ms {
-                return Ok(AmendOutcome::TooOld);
+                return Ok(Err(AmendOutcome::TooOld));
             }
         }
         if let AmendKind::Edit { text, body } = &a.kind {
             if original.text == *text && original.body == *body {
-                return Ok(AmendOutcome::Unchanged {
+                return Ok(Err(AmendOutcome::Unchanged {
                     edited_at: original.edited_at,
-                });
+                }));
             }
         }
 
-        let log_seq = match a.group_log {
-            true => self.next_seq(&a.home.owner)?,
-            false => 0,
-        };
         let mut found = Vec::with_capacity(1 + a.others.len());
         for t in std::iter::once(&a.home).chain(&a.others) {
             let Some((seq, mut copy)) = self.find_copy(t, a.msg_id)? else {
@@ -161,20 +165,91 @@ impl Pending<'_> {
                 owner: t.owner.clone(),
                 conversation: t.conversation.clone(),
                 row,
-                group_seq: match a.group_log {
-                    true => log_seq,
-                    false => copy.group_seq,
-                },
+                group_seq: copy.group_seq,
                 unread,
                 mention,
             });
         }
-        let mut appended = Vec::with_capacity(found.len());
+        Ok(Ok(found))
+    }
+
+    /// An amend of the embedded store: each event at its stream's next seq.
+    pub(super) fn amend(&mut self, a: &Amend) -> StoreResult<AmendOutcome> {
+        let found = match self.check_amend(a)? {
+            Ok(found) => found,
+            Err(answer) => return Ok(answer),
+        };
+        let log_seq = match a.group_log {
+            true => self.next_seq(&a.home.owner)?,
+            false => 0,
+        };
+        let mut seqs = Vec::with_capacity(found.len());
         for (i, f) in found.iter().enumerate() {
-            let seq = match (i, a.group_log) {
+            seqs.push(match (i, a.group_log) {
                 (0, true) => log_seq,
                 _ => self.next_seq(&f.owner)?,
-            };
+            });
+        }
+        self.write_amend(a, found, &seqs)
+    }
+
+    /// The streams of `a` that hold the message, or the answer if nothing is to be written.
+    pub(super) fn plan_amend(&self, a: &Amend) -> StoreResult<AmendPlan> {
+        Ok(match self.check_amend(a)? {
+            Ok(found) => AmendPlan::Write(found.into_iter().map(|f| f.owner).collect()),
+            Err(answer) => AmendPlan::Answer(answer),
+        })
+    }
+
+    /// Log mode: an amend at the seqs the index allocated (one per stream the plan named); gaps
+    /// there if the answer changed since the plan.
+    pub(super) fn log_amend(&mut self, a: &Amend, given: &[(String, u64)]) -> StoreResult<Output> {
+        if let Some(conflict) = self.first_taken(given.iter().map(|(o, s)| (o.as_str(), *s)))? {
+            return Ok(conflict);
+        }
+        let gaps = |given: &[(String, u64)], except: &[Found]| -> Vec<(String, Event)> {
+            given
+                .iter()
+                .filter(|(o, _)| !except.iter().any(|f| f.owner == *o))
+                .map(|(o, s)| (o.clone(), gap_event(*s)))
+                .collect()
+        };
+        let found = match self.check_amend(a)? {
+            Ok(found) => found,
+            Err(answer) => {
+                self.write_free(&gaps(given, &[]))?;
+                return Ok(Output::Amended(Box::new(answer)));
+            }
+        };
+        let mut seqs = Vec::with_capacity(found.len());
+        for f in &found {
+            let seq = given.iter().find(|(o, _)| *o == f.owner).map(|(_, s)| *s);
+            seqs.push(seq.ok_or_else(|| {
+                StoreError(format!(
+                    "the index allocated no seq in {}'s stream, which holds the message",
+                    f.owner
+                ))
+            })?);
+        }
+        let unused = gaps(given, &found);
+        let outcome = self.write_amend(a, found, &seqs)?;
+        self.write_free(&unused)?;
+        Ok(Output::Amended(Box::new(outcome)))
+    }
+
+    /// Writes the rewritten copies and an event at `seqs[i]` of each `found[i]`'s stream.
+    fn write_amend(
+        &mut self,
+        a: &Amend,
+        found: Vec<Found>,
+        seqs: &[u64],
+    ) -> StoreResult<AmendOutcome> {
+        let group_seq = |f: &Found| match a.group_log {
+            true => seqs.first().copied().unwrap_or_default(),
+            false => f.group_seq,
+        };
+        let mut appended = Vec::with_capacity(found.len());
+        for (f, seq) in found.iter().zip(seqs) {
             let body = match &a.kind {
                 AmendKind::Recall => event::Body::Recalled(Recalled {
                     conversation: f.conversation.clone(),
@@ -190,15 +265,16 @@ impl Pending<'_> {
                 }),
             };
             let ev = Event {
-                seq,
+                seq: *seq,
                 body: Some(body),
-                group_seq: f.group_seq,
+                group_seq: group_seq(f),
             };
             let row = event_row(&f.owner, &ev)?;
             appended.push((f.owner.clone(), ev, row));
         }
 
-        // Writes: nothing below can fail.
+        // Writes: nothing below can fail but the last-seq lookups, which read rows the checks
+        // above read already.
         for f in found {
             self.batch.insert(&self.ks.events, f.row.0, f.row.1);
             if let Some((row, count_key, count)) = f.unread {
@@ -215,8 +291,7 @@ impl Pending<'_> {
         }
         let mut events = Vec::with_capacity(appended.len());
         for (owner, ev, row) in appended {
-            self.put(Table::LastSeq, owner.as_bytes().to_vec(), u64_value(ev.seq));
-            self.batch.insert(&self.ks.events, row.0, row.1);
+            self.put_event(&owner, row, ev.seq)?;
             events.push((owner, ev));
         }
         Ok(AmendOutcome::Done(events))
@@ -307,6 +382,32 @@ impl ExtrasLog for LsmStore {
             Ok(state)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl AmendLog for LsmStore {
+    async fn plan_amend(&self, amend: &Amend) -> StoreResult<AmendPlan> {
+        let amend = amend.clone();
+        self.read(move |ks| Pending::new(ks).plan_amend(&amend))
+            .await
+    }
+
+    fn log_amend(
+        &self,
+        amend: Amend,
+        seqs: Vec<(String, u64)>,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<AmendOutcome>> {
+        let op = Op::LogAmend {
+            amend: Box::new(amend),
+            seqs,
+            deadline,
+        };
+        self.submit_log(op, |o| match o {
+            Output::Amended(outcome) => Some(*outcome),
+            _ => None,
+        })
     }
 }
 

@@ -211,7 +211,7 @@ fn logged<T>(output: Output, take: impl FnOnce(Output) -> Option<T>) -> LogResul
 }
 
 impl LsmStore {
-    fn submit_log<T: Send + 'static>(
+    pub(super) fn submit_log<T: Send + 'static>(
         &self,
         op: Op,
         take: impl FnOnce(Output) -> Option<T> + Send + 'static,
@@ -325,6 +325,10 @@ impl MessageLog for LsmStore {
     }
 
     fn groups(&self) -> Option<&dyn GroupLog> {
+        Some(self)
+    }
+
+    fn amends(&self) -> Option<&dyn crate::store::extras::AmendLog> {
         Some(self)
     }
 }

@@ -266,6 +266,12 @@ enum Op {
     },
     /// A recall or an edit (`extras.rs`).
     Amend(Box<crate::store::extras::Amend>),
+    /// Log mode: a recall or an edit at the seqs the index allocated.
+    LogAmend {
+        amend: Box<crate::store::extras::Amend>,
+        seqs: Vec<(String, u64)>,
+        deadline: Instant,
+    },
     /// A block set or lifted.
     Block {
         blocker: String,

@@ -31,6 +31,7 @@ macro_rules! conformance_tests {
 }
 
 conformance::for_each_case!(conformance_tests);
+conformance::for_each_amend_case!(conformance_tests);
 
 /// The whole suite through `run_all`, as another crate would run it, each case in a directory
 /// of its own.

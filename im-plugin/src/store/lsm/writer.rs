@@ -28,6 +28,7 @@ pub(super) fn writer_loop(ks: &Keyspaces, mut rx: mpsc::Receiver<Job>, stats: &C
                     | Op::GroupRead { .. }
                     | Op::LogGroupRead { .. }
                     | Op::Amend(_)
+                    | Op::LogAmend { .. }
             ) {
                 commit_segment(ks, &mut segment, stats);
                 segment.push(job);
@@ -183,6 +184,14 @@ impl<'a> Pending<'a> {
                 self.mark_group_read(user, group, *up_to, Some(*own_seq))
             }
             Op::Amend(a) => self.amend(a).map(|o| Output::Amended(Box::new(o))),
+            Op::LogAmend {
+                amend,
+                seqs,
+                deadline,
+            } => {
+                check_deadline(*deadline)?;
+                self.log_amend(amend, seqs)
+            }
             Op::Block {
                 blocker,
                 blocked,

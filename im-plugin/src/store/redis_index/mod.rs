@@ -48,7 +48,7 @@
 //! after it, whichever request (a presence update, a heartbeat) met the broken connection.
 //!
 //! Files: `scripts.rs` (the Lua), `wire.rs` (value encodings and script answers), `presence.rs`
-//! (devices online, node claims).
+//! (devices online, node claims), `amend.rs` (a recalled message leaves the unread sets).
 //!
 //! Scripts touch keys they build from a prefix (the unread sets of a user), so this is for a
 //! single Redis (with replicas/Sentinel), not Redis Cluster.
@@ -60,6 +60,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
+mod amend;
 mod presence;
 mod scripts;
 mod wire;

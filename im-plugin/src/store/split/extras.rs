@@ -1,14 +1,17 @@
 //! The split store's conversation extras: blocks and presence settings are kept in the message
 //! log when the log can hold them (the embedded log of `redis+embedded`, which is the same fjall
-//! store and keyspace as the embedded shape's); recall and edit are not built on this shape yet,
-//! so the refusing defaults of [`ExtrasStore`] answer them.
+//! store and keyspace as the embedded shape's); recall and edit go through the pipeline
+//! (`amend.rs`) when the log can write them.
 //!
 //! It must not reach into the pipeline: nothing here allocates seqs or touches the Redis index.
 
 use std::sync::{Arc, OnceLock};
 
+use futures::future::BoxFuture;
+
 use super::SplitStore;
-use crate::store::extras::{ExtrasLog, ExtrasStore};
+use crate::store::extras::{Amend, AmendOutcome, ExtrasLog, ExtrasStore};
+use crate::store::StoreResult;
 
 /// Where this split store keeps blocks and settings, once [`SplitStore::set_extras_log`] named
 /// it (a ScyllaDB log has no place for them yet).
@@ -24,6 +27,14 @@ impl SplitStore {
 }
 
 impl ExtrasStore for SplitStore {
+    fn has_amend(&self) -> bool {
+        self.can_amend()
+    }
+
+    fn amend(&self, amend: Amend) -> BoxFuture<'static, StoreResult<AmendOutcome>> {
+        self.enqueue_amend(amend)
+    }
+
     fn extras_log(&self) -> Option<&dyn ExtrasLog> {
         self.extras.0.get().map(|l| l.as_ref())
     }

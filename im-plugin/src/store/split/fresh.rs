@@ -116,7 +116,7 @@ impl Shared {
     }
 
     /// Recomputes `user`'s index keys from the log: counter floor, read pointers (the user's own
-    /// receipts), unread sets (the peers' messages above them) and recency.
+    /// receipts), unread sets (the peers' messages above them, not recalled) and recency.
     async fn rebuild(&self, user: &str, rid: &str) -> StoreResult<()> {
         self.quiesce(user).await;
         let floor = self.log.max_seq(user).await?;
@@ -143,7 +143,8 @@ impl Shared {
                         }
                         let c = conv_entry(&mut convs, &m.conversation);
                         c.updated_at = Some(c.updated_at.map_or(m.ts, |t| t.max(m.ts)));
-                        if m.from != user {
+                        // A recalled message is never unread.
+                        if m.from != user && !m.recalled {
                             peers_messages.push((m.conversation, m.msg_id));
                         }
                     }

@@ -17,6 +17,7 @@ use tracing::warn;
 use super::fresh::{debug_rebuild_failed, Writing};
 use super::{Reply, Shared};
 use crate::conversation::Conversation;
+use crate::store::extras::{Amend, AmendOutcome};
 use crate::store::groups::{log_owner, GroupAppend, GroupOutcome, GroupReadOutcome};
 use crate::store::log::{peer_conversation, LogError, MessageSeqs, ReceiptWrite};
 use crate::store::redis_index::{AllocRequest, Allocated};
@@ -65,6 +66,14 @@ pub(super) enum Job {
         reply: Reply<GroupReadOutcome>,
         attempt: u8,
     },
+    /// A recall or an edit (`amend.rs`): `holders` are the streams holding the message, once
+    /// the log named them (before that, every stream that may hold it).
+    Amend {
+        amend: Box<Amend>,
+        holders: Option<Vec<String>>,
+        reply: Reply<AmendOutcome>,
+        attempt: u8,
+    },
 }
 
 impl Job {
@@ -107,6 +116,14 @@ impl Job {
                 .chain(entry.copies.iter().map(|c| c.owner.clone()))
                 .collect(),
             Job::GroupRead { user, .. } => vec![user.clone()],
+            Job::Amend {
+                holders: Some(holders),
+                ..
+            } => holders.clone(),
+            Job::Amend { amend, .. } => std::iter::once(&amend.home)
+                .chain(&amend.others)
+                .map(|t| t.owner.clone())
+                .collect(),
         }
     }
 
@@ -117,7 +134,8 @@ impl Job {
             Job::Append { attempt, .. }
             | Job::Read { attempt, .. }
             | Job::Group { attempt, .. }
-            | Job::GroupRead { attempt, .. } => *attempt = attempt.saturating_add(1),
+            | Job::GroupRead { attempt, .. }
+            | Job::Amend { attempt, .. } => *attempt = attempt.saturating_add(1),
         }
         self
     }
@@ -127,7 +145,8 @@ impl Job {
             Job::Append { attempt, .. }
             | Job::Read { attempt, .. }
             | Job::Group { attempt, .. }
-            | Job::GroupRead { attempt, .. } => *attempt,
+            | Job::GroupRead { attempt, .. }
+            | Job::Amend { attempt, .. } => *attempt,
         }
     }
 
@@ -158,6 +177,11 @@ impl Job {
             },
             Job::GroupRead { user, .. } => AllocRequest::Group {
                 owners: vec![user.clone()],
+                dedup: None,
+            },
+            // One seq in each stream holding the message (`users` is the holders by now).
+            Job::Amend { .. } => AllocRequest::Group {
+                owners: self.users(),
                 dedup: None,
             },
         }
@@ -317,6 +341,8 @@ impl Pipeline {
         // Group reads look in the log first: who gets a small group's receipt, and whether a
         // large group's read moves anything at all.
         let jobs = super::groups::prepare_reads(&shared, jobs).await;
+        // An amend asks the log which streams hold the message, and whether it may go on.
+        let jobs = super::amend::prepare(&shared, jobs).await;
         if jobs.is_empty() {
             return;
         }
@@ -490,6 +516,9 @@ fn dispatch(shared: &Arc<Shared>, job: Job, answer: Allocated, guard: Writing) {
         (job @ (Job::Group { .. } | Job::GroupRead { .. }), answer) => {
             super::groups::dispatch(shared, job, answer, guard, deadline)
         }
+        (job @ Job::Amend { .. }, answer) => {
+            super::amend::dispatch(shared, job, answer, guard, deadline)
+        }
         (job, _) => fail(
             shared,
             job,
@@ -617,6 +646,9 @@ pub(super) fn fail(shared: &Shared, job: Job, e: &StoreError) {
             super::groups::finish_group(shared, &entry, Err(e), reply)
         }
         Job::GroupRead { reply, .. } => {
+            let _ = reply.send(Err(e));
+        }
+        Job::Amend { reply, .. } => {
             let _ = reply.send(Err(e));
         }
     }

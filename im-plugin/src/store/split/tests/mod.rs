@@ -1,8 +1,10 @@
 //! The split store's tests, against a real `redis-server` each test starts: the shared
 //! conformance suite (on the embedded log, and on ScyllaDB when `SCYLLA_URI` is set), and the
 //! split store's own behaviour (Redis data loss, gaps, presence, dedup through the log).
-//! `failures.rs` holds the Redis failure scenarios and the randomized test of them.
+//! `failures.rs` holds the Redis failure scenarios and the randomized test of them; `groups.rs`
+//! and `amends.rs` the same for group entries and for recall and edit.
 
+mod amends;
 mod failures;
 mod groups;
 
@@ -75,6 +77,7 @@ macro_rules! conformance_tests {
 }
 
 conformance::for_each_case!(conformance_tests);
+conformance::for_each_amend_case!(conformance_tests);
 
 /// Redis + ScyllaDB: the same suite through the split store, when a ScyllaDB is reachable at
 /// `SCYLLA_URI`; otherwise every case is reported as ignored, never as passed. Left out:
