@@ -60,6 +60,7 @@ on_both_stores!(
     recall_and_edit_survive_a_kill_9_and_the_recalled_text_is_gone_from_history_and_sync,
     in_a_group_the_owner_recalls_any_message_and_the_sender_edits_for_every_member,
     a_blocked_sender_is_refused_and_nothing_is_stored_across_reconnects_and_a_restart,
+    in_a_large_group_a_recall_goes_live_reaches_the_mentioned_and_leaves_unread,
 );
 
 mod with_a_one_second_recall_window {
@@ -507,23 +508,30 @@ async fn a_mosquitto_sub_device_sees_typing_and_a_recall() {
     let _ = child.wait();
 }
 
-#[tokio::test]
-async fn in_a_large_group_a_recall_goes_live_to_online_members_and_into_the_log() {
-    let b = Broker::start();
-    let mut alice = Device::connect(&b, "alice", "a1").await;
-    let mut bob = Device::connect(&b, "bob", "b1").await;
+async fn in_a_large_group_a_recall_goes_live_reaches_the_mentioned_and_leaves_unread(
+    b: &mut Broker,
+) {
+    let mut alice = Device::connect(b, "alice", "a1").await;
+    let mut bob = Device::connect(b, "bob", "b1").await;
+    let mut carol = Device::connect(b, "carol", "c1").await;
     let r = alice
-        .call(json!({"groupCreate": {"name": "town", "members": ["bob"], "large": true}}))
+        .call(json!({"groupCreate": {"name": "town", "members": ["bob", "carol"], "large": true}}))
         .await;
     let g = r["groupCreate"]["group"]["id"]
         .as_str()
         .expect("group")
         .to_string();
     let sent = alice
-        .call(json!({"send": {"to": g, "clientMsgId": "l-1", "text": "wrong room"}}))
+        .call(json!({"send": {"to": g, "clientMsgId": "l-1", "text": "wrong room", "mentions": ["carol"]}}))
         .await["sent"]
         .clone();
+    alice
+        .call(json!({"send": {"to": g, "clientMsgId": "l-2", "text": "hello town"}}))
+        .await;
     assert!(event_of(&mut bob, "message").await.get("seq").is_none());
+    assert_eq!(unread(&mut bob, &g).await, 2);
+    // Carol's mention is a copy in her own stream.
+    assert!(event_of(&mut carol, "message").await.get("seq").is_some());
     let r = alice
         .call(json!({"recall": {"conversation": g, "msgId": mid(&sent)}}))
         .await;
@@ -532,6 +540,28 @@ async fn in_a_large_group_a_recall_goes_live_to_online_members_and_into_the_log(
     assert!(
         e.get("seq").is_none() && e["groupSeq"].is_string(),
         "live, no stream seq: {e}"
+    );
+    assert_eq!(
+        unread(&mut bob, &g).await,
+        1,
+        "the recalled message is not unread"
+    );
+    let e = event_of(&mut carol, "recalled").await;
+    assert!(
+        e.get("seq").is_some(),
+        "carol's copy is recalled in her stream: {e}"
+    );
+    let stream = format!("{:?}", full_stream(&mut carol).await);
+    assert!(!stream.contains("wrong room"), "{stream}");
+    let r = carol.call(json!({"conversations": {}})).await;
+    let town = r["conversations"]["conversations"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["id"] == g.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        town.get("mentioned").is_none(),
+        "the mention is gone: {town}"
     );
     let r = bob
         .call(json!({"groupSync": {"group": g, "afterGroupSeq": "0"}}))
@@ -542,7 +572,8 @@ async fn in_a_large_group_a_recall_goes_live_to_online_members_and_into_the_log(
         "{log}"
     );
     let h = history(&mut bob, &g).await;
-    assert_eq!(h[0]["recalled"], true, "{h:?}");
+    assert_eq!(h[1]["msgId"], sent["msgId"], "{h:?}");
+    assert_eq!(h[1]["recalled"], true, "{h:?}");
     // Typing is not shown in a large group.
     let r = bob
         .call(json!({"typing": {"conversation": g, "state": "start"}}))

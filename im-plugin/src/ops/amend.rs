@@ -4,8 +4,8 @@
 //! slot; then, on a task of its own, wait for the commit and deliver the events it appended.
 //!
 //! The requesting device gets its own event too (the reply has no seq). In a large group the
-//! log's event goes live to the online members, as a large group's messages do; members' stream
-//! copies of a large group (mentions) are not amended in this release.
+//! log's event goes live to the online members, as a large group's messages do; the store
+//! finds the members whose streams hold a copy (the mentioned ones) itself.
 
 use std::sync::Arc;
 

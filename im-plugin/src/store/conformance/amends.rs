@@ -274,3 +274,76 @@ pub async fn amend_group_recall_by_an_admin_reaches_every_member(store: Arc<dyn 
     );
     assert_recalled(&log.events, 101, "the group's log");
 }
+
+/// A large group's recalled message leaves the unread counts computed from read positions (for
+/// members who had not read it, not for those who had); the mentioned member's copy is recalled
+/// too and the mention cleared; reads after it count only what is left.
+pub async fn amend_large_group_recall_leaves_unread_from_positions(store: Arc<dyn Store>) {
+    assert!(
+        store.has_amend() && store.has_groups(),
+        "this case is for stores with groups that amend"
+    );
+    store
+        .append_group(group_create("8", 100, &["olga", "pia", "quin"], true))
+        .await
+        .expect("create");
+    for (id, cmid) in [(101, "m1"), (102, "m2"), (103, "m3")] {
+        let mut m = group_message("8", id, "pia", cmid, vec![]);
+        m.large = true;
+        if id == 102 {
+            if let crate::store::groups::GroupEntry::Message(gm) = &mut m.entry {
+                gm.mentions = vec!["quin".into()];
+            }
+            m.copies = vec![crate::store::groups::Copy {
+                owner: "quin".into(),
+                recent: false,
+                unread: false,
+                mention: true,
+            }];
+        }
+        store.append_group(m).await.expect("send");
+    }
+    store.mark_group_read("olga", "8", 102).await.expect("read");
+    let view = |user: &'static str| {
+        let store = store.clone();
+        async move { store.large_group_view(user, "8").await.expect("view") }
+    };
+    assert_eq!(
+        (view("quin").await.unread, view("olga").await.unread),
+        (3, 1)
+    );
+    assert!(view("quin").await.mentioned);
+
+    let recall = Amend {
+        by: "pia".into(),
+        msg_id: 102,
+        kind: AmendKind::Recall,
+        home: AmendTarget {
+            owner: log_owner("8"),
+            conversation: "g:8".into(),
+        },
+        // The caller names no member of a large group: the store knows whom it mentions.
+        others: vec![],
+        group_log: true,
+        privileged: false,
+        not_before_ms: TS0,
+        ts: TS0 + 200,
+    };
+    let events = amended(&*store, recall).await;
+    let owners: Vec<&str> = events.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(owners, ["#g:8", "quin"], "the log and quin's mention copy");
+    let quin = view("quin").await;
+    assert_eq!(
+        (quin.unread, quin.mentioned),
+        (2, false),
+        "quin: the recalled message is not unread, its mention is gone"
+    );
+    assert_eq!(
+        view("olga").await.unread,
+        1,
+        "olga had read it: her count does not change"
+    );
+    let r = store.mark_group_read("quin", "8", 102).await.expect("read");
+    assert_eq!(r.unread, 1, "only m3 is left after the read");
+    assert_eq!(view("pia").await.unread, 0, "the sender has nothing unread");
+}

@@ -133,6 +133,10 @@ pub fn amend_cases() -> Vec<(&'static str, InboxCase)> {
         ("amend_group_recall_by_an_admin_reaches_every_member", |s| {
             amend_group_recall_by_an_admin_reaches_every_member(s).boxed()
         }),
+        (
+            "amend_large_group_recall_leaves_unread_from_positions",
+            |s| amend_large_group_recall_leaves_unread_from_positions(s).boxed(),
+        ),
     ]
 }
 
@@ -145,7 +149,8 @@ macro_rules! for_each_amend_case {
             amend_recall_rewrites_every_copy_and_clears_unread,
             amend_refusals_write_nothing_and_spend_no_seq,
             amend_edit_replaces_the_content_once,
-            amend_group_recall_by_an_admin_reaches_every_member
+            amend_group_recall_by_an_admin_reaches_every_member,
+            amend_large_group_recall_leaves_unread_from_positions
         }
     };
 }

@@ -110,8 +110,22 @@ impl Pending<'_> {
             }
         }
 
-        let mut found = Vec::with_capacity(1 + a.others.len());
-        for t in std::iter::once(&a.home).chain(&a.others) {
+        // A large group's message has copies only where it mentions someone: the mentioned
+        // members' streams hold it too, whoever the caller named.
+        let mentioned: Vec<AmendTarget> = match a.group_log {
+            true => original
+                .mentions
+                .iter()
+                .filter(|m| !a.others.iter().any(|t| t.owner == **m))
+                .map(|m| AmendTarget {
+                    owner: m.clone(),
+                    conversation: a.home.conversation.clone(),
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let mut found = Vec::with_capacity(1 + a.others.len() + mentioned.len());
+        for t in std::iter::once(&a.home).chain(&a.others).chain(&mentioned) {
             let Some((seq, mut copy)) = self.find_copy(t, a.msg_id)? else {
                 continue;
             };
@@ -244,6 +258,21 @@ impl Pending<'_> {
         found: Vec<Found>,
         seqs: &[u64],
     ) -> StoreResult<AmendOutcome> {
+        // A group message's ordinal, so a large group's unread counts leave it out.
+        let recalled_ordinal = match (a.group_log, &a.kind) {
+            (true, AmendKind::Recall) => {
+                let group = a.home.owner.strip_prefix("#g:").unwrap_or_default();
+                let key = checked_key(pair_key(group, &a.msg_id.to_be_bytes()))?;
+                match self.ks.group_ordinal.get(&key).map_err(StoreError::new)? {
+                    Some(v) => Some(checked_key(pair_key(
+                        group,
+                        &decode_u64(&v, "group ordinal")?.to_be_bytes(),
+                    ))?),
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let group_seq = |f: &Found| match a.group_log {
             true => seqs.first().copied().unwrap_or_default(),
             false => f.group_seq,
@@ -275,6 +304,9 @@ impl Pending<'_> {
 
         // Writes: nothing below can fail but the last-seq lookups, which read rows the checks
         // above read already.
+        if let Some(key) = recalled_ordinal {
+            self.batch.insert(&self.ks.group_recalled, key, Vec::new());
+        }
         for f in found {
             self.batch.insert(&self.ks.events, f.row.0, f.row.1);
             if let Some((row, count_key, count)) = f.unread {

@@ -115,7 +115,7 @@ impl GroupStore for LsmStore {
             };
             Ok(LargeGroupView {
                 last_group_seq,
-                unread: head.msg_count.saturating_sub(read),
+                unread: groups::large_unread(ks, &group, &head, read)?,
                 mentioned: ks.mentions.get(&key).map_err(StoreError::new)?.is_some(),
                 last,
                 updated_at: head.updated_at,

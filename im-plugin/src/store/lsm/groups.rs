@@ -12,10 +12,15 @@
 //! - `group_head`: `group` -> `last_msg_seq_be ++ msg_count_be ++ updated_be`.
 //! - `group_ordinal`: `lp(group) ++ msg_id_be` -> ordinal of the message (1, 2, 3, ...).
 //! - `group_read`: `user_conv_key(user, g:<group>)` -> `ordinal_be ++ msg_id_be`.
+//! - `group_recalled`: `lp(group) ++ ordinal_be` -> empty: a recalled message (`extras.rs`),
+//!   which a large group's unread count leaves out: unread is the message count minus the
+//!   ordinal minus the recalled messages after it (a range count; recalls are rare).
 //! - `mentions`: `user_conv_key(user, conversation)` -> msgid of the newest unread mention.
 //!
 //! The log's messages are also in `conv_index` under `user_conv_key(#g:<group>, g:<group>)`,
-//! which is a large group's history.
+//! which is a large group's history; so are a large group's mention copies under the mentioned
+//! member's key (found by msgid for a recall or an edit, never listed: a large group's history
+//! is the log's).
 
 use super::*;
 use crate::store::groups::{log_owner, GroupEntry, GroupMeta, Member};
@@ -50,6 +55,34 @@ pub(super) fn decode_head(v: &[u8]) -> StoreResult<Head> {
     })
 }
 
+/// Recalled messages of `group` after message ordinal `ordinal`.
+pub(super) fn recalled_after(ks: &Keyspaces, group: &str, ordinal: u64) -> StoreResult<u64> {
+    let Some(from) = ordinal.checked_add(1) else {
+        return Ok(0);
+    };
+    let start = pair_key(group, &from.to_be_bytes());
+    let end = pair_key(group, &u64::MAX.to_be_bytes());
+    let mut n = 0;
+    for entry in ks.group_recalled.range(start..=end) {
+        entry.key().map_err(StoreError::new)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A large-group member's unread count at read position `ordinal`.
+pub(super) fn large_unread(
+    ks: &Keyspaces,
+    group: &str,
+    head: &Head,
+    ordinal: u64,
+) -> StoreResult<u64> {
+    Ok(head
+        .msg_count
+        .saturating_sub(ordinal)
+        .saturating_sub(recalled_after(ks, group, ordinal)?))
+}
+
 /// (ordinal, msg_id) of a read position.
 pub(super) fn decode_read(v: &[u8]) -> StoreResult<(u64, u64)> {
     let corrupt = || StoreError::new("corrupt group read position");
@@ -81,6 +114,8 @@ struct PlannedCopy {
     event: Event,
     row: (Vec<u8>, Slice),
     inbox: Option<InboxUpdate>,
+    /// The history index row of a copy with no inbox row (a large group's mention).
+    mention_index: Option<Vec<u8>>,
     unread: Option<(Vec<u8>, u64)>,
     mention: Option<Vec<u8>>,
 }
@@ -174,12 +209,23 @@ impl Pending<'_> {
                 )),
                 false => None,
             };
+            // A mention without an inbox row (a large group's) is still found by its msgid, so
+            // a recall or an edit reaches the mentioned member's copy.
+            let mention_index = match (c.mention && message.is_some(), &inbox) {
+                (true, None) => {
+                    let mut k = key.clone();
+                    k.extend_from_slice(&g.msg_id.to_be_bytes());
+                    Some(k)
+                }
+                _ => None,
+            };
             let mention = (c.mention && message.is_some()).then_some(key);
             copies.push(PlannedCopy {
                 owner: c.owner.clone(),
                 event,
                 row,
                 inbox,
+                mention_index,
                 unread,
                 mention,
             });
@@ -291,6 +337,10 @@ impl Pending<'_> {
                 Some(update) => self.write_inbox(update),
                 None => {}
             }
+            if let Some(key) = c.mention_index {
+                self.batch
+                    .insert(&self.ks.conv_index, key, u64_value(c.event.seq));
+            }
             if let Some((count_key, count)) = c.unread {
                 let mut unread_key = count_key.clone();
                 unread_key.extend_from_slice(&c.event.seq.to_be_bytes());
@@ -398,7 +448,7 @@ impl Pending<'_> {
                 self.write_free(&[(user.to_string(), gap_event(seq))])?;
             }
             return Ok(Output::GroupRead(Box::new(GroupReadOutcome {
-                unread: head.msg_count.saturating_sub(current),
+                unread: large_unread(self.ks, group, &head, current)?,
                 own_receipt: None,
             })));
         };
@@ -408,6 +458,7 @@ impl Pending<'_> {
         };
         let receipt = receipt_event(seq, conversation, user, msg_id);
         let row = event_row(user, &receipt)?;
+        let unread = large_unread(self.ks, group, &head, ordinal)?;
 
         // Writes: nothing below can fail.
         self.put(Table::GroupRead, key.clone(), encode_read(ordinal, msg_id));
@@ -416,7 +467,7 @@ impl Pending<'_> {
         }
         self.put_event(user, row, seq)?;
         Ok(Output::GroupRead(Box::new(GroupReadOutcome {
-            unread: head.msg_count.saturating_sub(ordinal),
+            unread,
             own_receipt: Some(receipt),
         })))
     }

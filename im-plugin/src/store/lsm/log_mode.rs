@@ -396,7 +396,10 @@ impl GroupLog for LsmStore {
                 Some(v) => super::groups::decode_read(&v)?,
                 None => (0, 0),
             };
-            Ok((msg_id, head.msg_count.saturating_sub(ordinal)))
+            Ok((
+                msg_id,
+                super::groups::large_unread(ks, &group, &head, ordinal)?,
+            ))
         })
         .await
     }
