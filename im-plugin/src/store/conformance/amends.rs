@@ -5,11 +5,11 @@
 //! admin recalls a member's message in the group's log and in every member's stream. Run
 //! against every store that can amend (`has_amend()`).
 
-use super::groups::{group_create, group_message, member_copy};
+use super::groups::{change, group_create, group_message, member_copy, meta, notice};
 use super::*;
 use crate::conversation::Conversation;
 use crate::store::extras::{Amend, AmendKind, AmendOutcome, AmendTarget};
-use crate::store::groups::log_owner;
+use crate::store::groups::{log_owner, MembershipWrite};
 
 /// `by`'s amend of `msg_id` in their one-to-one conversation with `peer`, within the window.
 fn one_to_one(by: &str, peer: &str, msg_id: u64, kind: AmendKind) -> Amend {
@@ -215,8 +215,8 @@ pub async fn amend_edit_replaces_the_content_once(store: Arc<dyn Store>) {
 }
 
 /// A small group's owner recalls a member's message at any age: the entry in the group's log and
-/// every member's copy are rewritten, each gets an event carrying the group's next seq, and no
-/// member counts it unread.
+/// every copy are rewritten (a member who left since included), each gets an event carrying the
+/// group's next seq, and no member counts it unread.
 pub async fn amend_group_recall_by_an_admin_reaches_every_member(store: Arc<dyn Store>) {
     assert!(
         store.has_amend() && store.has_groups(),
@@ -233,6 +233,15 @@ pub async fn amend_group_recall_by_an_admin_reaches_every_member(store: Arc<dyn 
         .await
         .expect("send");
     assert_eq!(unread(&*store, "quin", "g:9").await, 1);
+    // quin leaves: the caller no longer names quin, but quin's copy is recalled too.
+    let mut leave = change("9", 102, "left", false, vec![notice("olga"), notice("pia")]);
+    leave.membership = Some(MembershipWrite {
+        meta: meta(false, 2),
+        upserts: vec![],
+        removals: vec!["quin".into()],
+    });
+    store.append_group(leave).await.expect("leave");
+    let members = ["olga", "pia"];
 
     let recall = Amend {
         by: "olga".into(),
@@ -256,20 +265,28 @@ pub async fn amend_group_recall_by_an_admin_reaches_every_member(store: Arc<dyn 
         ts: TS0 + 200,
     };
     let events = amended(&*store, recall).await;
-    let owners: Vec<&str> = events.iter().map(|(o, _)| o.as_str()).collect();
-    assert_eq!(owners, ["#g:9", "olga", "pia", "quin"]);
-    for (owner, e) in &events {
-        assert_eq!(e.group_seq, 3, "{owner}: the recall is the group's entry 3");
-        assert_eq!(e.seq, 3, "{owner}: the recall is the stream's next event");
-    }
-    for m in members {
+    let at: Vec<(&str, u64, u64)> = events
+        .iter()
+        .map(|(o, e)| (o.as_str(), e.seq, e.group_seq))
+        .collect();
+    assert_eq!(
+        at,
+        [
+            ("#g:9", 4, 4),
+            ("olga", 4, 4),
+            ("pia", 4, 4),
+            ("quin", 3, 4)
+        ],
+        "the group's entry 4, the next event of each stream that holds the message"
+    );
+    for m in ["olga", "pia", "quin"] {
         assert_eq!(unread(&*store, m, "g:9").await, 0, "{m}: nothing unread");
         assert_recalled(&read_all(&*store, m).await, 101, m);
     }
     let log = store.group_log("9", 0, 10).await.expect("group log");
     assert_eq!(
         seqs(&log.events),
-        one_to(3),
+        one_to(4),
         "the group's log is contiguous"
     );
     assert_recalled(&log.events, 101, "the group's log");

@@ -11,7 +11,7 @@ use crate::store::groups::{
     MemberWrite, MembershipWrite, Role,
 };
 
-fn meta(large: bool, member_count: u64) -> GroupMeta {
+pub(super) fn meta(large: bool, member_count: u64) -> GroupMeta {
     GroupMeta {
         name: "g".into(),
         owner: "olga".into(),
@@ -33,7 +33,7 @@ pub(crate) fn member_copy(owner: &str, from: &str) -> Copy {
 }
 
 /// A change's copy: in the stream, not unread, not recent.
-fn notice(owner: &str) -> Copy {
+pub(super) fn notice(owner: &str) -> Copy {
     Copy {
         owner: owner.into(),
         recent: false,
@@ -42,7 +42,13 @@ fn notice(owner: &str) -> Copy {
     }
 }
 
-fn change(group: &str, msg_id: u64, kind: &str, large: bool, copies: Vec<Copy>) -> GroupAppend {
+pub(super) fn change(
+    group: &str,
+    msg_id: u64,
+    kind: &str,
+    large: bool,
+    copies: Vec<Copy>,
+) -> GroupAppend {
     GroupAppend {
         group: group.into(),
         msg_id,

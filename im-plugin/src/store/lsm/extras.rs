@@ -110,22 +110,24 @@ impl Pending<'_> {
             }
         }
 
-        // A large group's message has copies only where it mentions someone: the mentioned
-        // members' streams hold it too, whoever the caller named.
-        let mentioned: Vec<AmendTarget> = match a.group_log {
-            true => original
-                .mentions
-                .iter()
-                .filter(|m| !a.others.iter().any(|t| t.owner == **m))
-                .map(|m| AmendTarget {
-                    owner: m.clone(),
-                    conversation: a.home.conversation.clone(),
-                })
-                .collect(),
-            false => Vec::new(),
-        };
-        let mut found = Vec::with_capacity(1 + a.others.len() + mentioned.len());
-        for t in std::iter::once(&a.home).chain(&a.others).chain(&mentioned) {
+        // Streams the caller cannot name: a large group's message has copies where it
+        // mentions someone, and members who left since may hold a copy of a small group's.
+        let mut more: Vec<AmendTarget> = Vec::new();
+        if a.group_log {
+            let group = a.home.owner.strip_prefix("#g:").unwrap_or_default();
+            let left = super::groups::left_after(self.ks, group, a.msg_id)?;
+            for user in original.mentions.iter().chain(&left) {
+                let named = a.others.iter().chain(&more).any(|t| t.owner == *user);
+                if !named {
+                    more.push(AmendTarget {
+                        owner: user.clone(),
+                        conversation: a.home.conversation.clone(),
+                    });
+                }
+            }
+        }
+        let mut found = Vec::with_capacity(1 + a.others.len() + more.len());
+        for t in std::iter::once(&a.home).chain(&a.others).chain(&more) {
             let Some((seq, mut copy)) = self.find_copy(t, a.msg_id)? else {
                 continue;
             };

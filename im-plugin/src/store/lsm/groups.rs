@@ -12,6 +12,9 @@
 //! - `group_head`: `group` -> `last_msg_seq_be ++ msg_count_be ++ updated_be`.
 //! - `group_ordinal`: `lp(group) ++ msg_id_be` -> ordinal of the message (1, 2, 3, ...).
 //! - `group_read`: `user_conv_key(user, g:<group>)` -> `ordinal_be ++ msg_id_be`.
+//! - `group_left`: `lp(group) ++ msg_id_be ++ user` -> empty: `user` left (or was removed
+//!   from) `group` with the change `msg_id`. A recall or an edit reaches the copies of members
+//!   who left after the message (`extras.rs`).
 //! - `group_recalled`: `lp(group) ++ ordinal_be` -> empty: a recalled message (`extras.rs`),
 //!   which a large group's unread count leaves out: unread is the message count minus the
 //!   ordinal minus the recalled messages after it (a range count; recalls are rare).
@@ -53,6 +56,32 @@ pub(super) fn decode_head(v: &[u8]) -> StoreResult<Head> {
         msg_count: u64::from_be_bytes(field(1)?),
         updated_at: i64::from_be_bytes(field(2)?),
     })
+}
+
+/// The `group_left` row of `user` leaving `group` with the change `msg_id`.
+pub(super) fn left_key(group: &str, msg_id: u64, user: &str) -> Vec<u8> {
+    let mut key = pair_key(group, &msg_id.to_be_bytes());
+    key.extend_from_slice(user.as_bytes());
+    key
+}
+
+/// Users who left `group` (removed, left) after message `msg_id`: their streams may hold it.
+pub(super) fn left_after(ks: &Keyspaces, group: &str, msg_id: u64) -> StoreResult<Vec<String>> {
+    let start = pair_key(group, &msg_id.to_be_bytes());
+    let prefix_len = start.len();
+    let end = pair_key(group, &u64::MAX.to_be_bytes());
+    let mut users = Vec::new();
+    for entry in ks.group_left.range(start..=end) {
+        let key = entry.key().map_err(StoreError::new)?;
+        let user = key
+            .get(prefix_len..)
+            .and_then(|u| std::str::from_utf8(u).ok())
+            .ok_or_else(|| StoreError::new("corrupt group_left key"))?;
+        if !users.iter().any(|u| u == user) {
+            users.push(user.to_string());
+        }
+    }
+    Ok(users)
 }
 
 /// Recalled messages of `group` after message ordinal `ordinal`.
@@ -249,6 +278,7 @@ impl Pending<'_> {
             };
         }
         let mut member_rows = Vec::new();
+        let mut left_rows = Vec::new();
         if let Some(w) = &g.membership {
             for u in &w.upserts {
                 let key = checked_key(pair_key(&g.group, u.user.as_bytes()))?;
@@ -271,6 +301,7 @@ impl Pending<'_> {
                 let key = checked_key(pair_key(&g.group, user.as_bytes()))?;
                 let index = checked_key(pair_key(user, g.group.as_bytes()))?;
                 member_rows.push((key, None, index));
+                left_rows.push(checked_key(left_key(&g.group, g.msg_id, user))?);
             }
         }
         let meta = match &g.membership {
@@ -356,6 +387,9 @@ impl Pending<'_> {
         if let Some(meta) = meta {
             self.batch
                 .insert(&self.ks.group_meta, g.group.as_bytes().to_vec(), meta);
+        }
+        for key in left_rows {
+            self.batch.insert(&self.ks.group_left, key, Vec::new());
         }
         for (key, row, index) in member_rows {
             match row {

@@ -158,10 +158,18 @@ pub(super) fn dispatch(
 
 /// A durable recall leaves the unread sets of the users holding the message.
 async fn index_recall(shared: &Arc<Shared>, amend: &Amend, holders: &[String]) {
-    let copies: Vec<(String, String)> = std::iter::once(&amend.home)
-        .chain(&amend.others)
-        .filter(|t| !t.owner.starts_with('#') && holders.contains(&t.owner))
-        .map(|t| (t.owner.clone(), t.conversation.clone()))
+    // A holder the caller did not name (found by the log: a group member who left since, a
+    // large group's mention) sees the conversation as the group's log does.
+    let copies: Vec<(String, String)> = holders
+        .iter()
+        .filter(|h| !h.starts_with('#'))
+        .map(|h| {
+            let named = std::iter::once(&amend.home)
+                .chain(&amend.others)
+                .find(|t| t.owner == *h);
+            let conversation = named.map_or(&amend.home.conversation, |t| &t.conversation);
+            (h.clone(), conversation.clone())
+        })
         .collect();
     if copies.is_empty() {
         return;
