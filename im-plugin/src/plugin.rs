@@ -126,8 +126,17 @@ impl ImPlugin {
         self.store.device_offline(user, device, conn_id);
         self.extras.watch.connection_closed(conn_id);
         if self.presence.devices_of(user) == 0 {
-            self.extras.seen(user);
+            let ts = self.extras.seen(user);
             self.extras.watch.changed(self, user);
+            // Durable too, so `lastSeen` survives a restart; a failure costs only that.
+            let (store, user) = (self.store.clone(), user.to_string());
+            tokio::spawn(async move {
+                if let Some(log) = store.extras_log() {
+                    if let Err(e) = log.set_last_seen(&user, ts).await {
+                        tracing::debug!(%user, error = %e, "last seen not recorded");
+                    }
+                }
+            });
         }
     }
 

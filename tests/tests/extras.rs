@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{full_stream, on_both_stores, seq, token, unread, Broker, Device, Proto, RedisBroker};
+use common::{full_stream, on_both_stores, seq, token, unread, Broker, Device, Proto};
 use serde_json::{json, Value};
 
 /// The msgId of a `sent` reply, as the client got it (a decimal string).
@@ -61,6 +61,7 @@ on_both_stores!(
     in_a_group_the_owner_recalls_any_message_and_the_sender_edits_for_every_member,
     a_blocked_sender_is_refused_and_nothing_is_stored_across_reconnects_and_a_restart,
     in_a_large_group_a_recall_goes_live_reaches_the_mentioned_and_leaves_unread,
+    last_seen_survives_a_kill_9,
 );
 
 mod with_a_one_second_recall_window {
@@ -413,29 +414,21 @@ async fn presence_works(b: &Broker) {
     assert!(!format!("{:?}", full_stream(&mut bob).await).contains("presence"));
 }
 
-#[tokio::test]
-async fn presence_is_for_contacts_only_watches_are_debounced_and_hidden_presence_is_respected() {
-    let b = Broker::start_with(&[("MQIM_PRESENCE_DEBOUNCE_MS", "1000")]);
-    presence_works(&b).await;
+mod with_a_one_second_presence_debounce {
+    use super::*;
+    on_both_stores!(
+        [("MQIM_PRESENCE_DEBOUNCE_MS", "1000")];
+        presence_is_for_contacts_only_watches_are_debounced_and_hidden_presence_is_respected
+    );
 }
 
-#[tokio::test]
-async fn on_redis_embedded_presence_and_typing_work_as_on_the_embedded_store() {
-    let RedisBroker {
-        broker,
-        redis: _redis,
-    } = {
-        let redis = mqim_im_plugin::testing::RedisServer::start();
-        let broker = Broker::start_with(&[
-            ("MQIM_STORE_BACKEND", "redis+embedded"),
-            ("MQIM_REDIS_URL", &redis.url()),
-            ("MQIM_PRESENCE_DEBOUNCE_MS", "1000"),
-        ]);
-        RedisBroker { broker, redis }
-    };
-    presence_works(&broker).await;
-    let mut alice = Device::connect(&broker, "alice", "ta").await;
-    let mut carol = Device::connect(&broker, "carol", "tc").await;
+async fn presence_is_for_contacts_only_watches_are_debounced_and_hidden_presence_is_respected(
+    b: &mut Broker,
+) {
+    presence_works(b).await;
+    // Typing goes live on every store shape, and never into a stream.
+    let mut alice = Device::connect(b, "alice", "ta").await;
+    let mut carol = Device::connect(b, "carol", "tc").await;
     alice
         .call(json!({"typing": {"conversation": "u:carol", "state": "start"}}))
         .await;
@@ -444,6 +437,33 @@ async fn on_redis_embedded_presence_and_typing_work_as_on_the_embedded_store() {
         "alice"
     );
     assert!(full_stream(&mut carol).await.is_empty());
+}
+
+/// `lastSeen` is kept by the store: after a `kill -9` and a restart, bob's last disconnect time
+/// is still what alice sees.
+async fn last_seen_survives_a_kill_9(b: &mut Broker) {
+    let mut alice = Device::connect(b, "alice", "a1").await;
+    let bob = Device::connect(b, "bob", "b1").await;
+    alice.send("bob", "c1", "hi").await;
+    bob.disconnect().await;
+    let presence_of_bob = |r: Value| r["presence"]["users"][0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let bob = presence_of_bob(alice.call(json!({"presence": {"users": ["bob"]}})).await);
+        if bob.get("online").is_none() {
+            break bob["lastSeen"].clone();
+        }
+        assert!(Instant::now() < deadline, "bob still online: {bob}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(seen.is_string(), "offline bob has a lastSeen: {seen}");
+    // The store write follows the disconnect by a commit (milliseconds).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    b.kill9();
+    b.restart();
+    let mut alice = Device::connect(b, "alice", "a2").await;
+    let bob = presence_of_bob(alice.call(json!({"presence": {"users": ["bob"]}})).await);
+    assert_eq!(bob["lastSeen"], seen, "after the restart: {bob}");
 }
 
 /// `mosquitto_sub` as bob's device (a second MQTT client stack) sees a typing event and a

@@ -1,7 +1,8 @@
 //! Conversation extras in the IM layer: what is kept in memory for blocking, presence and typing.
 //!
 //! - `mod.rs` (this file): [`Extras`], the block lists and hidden-presence users (loaded from the
-//!   store at start, changed after each durable write), and when each user was last seen here.
+//!   store at start, changed after each durable write), and when each user was last seen here
+//!   (also written to the store, which answers for users not seen since this node started).
 //! - `typing`: the per-(user, conversation) rate of typing events.
 //! - `watch`: presence watch lists per connection and their debounced announcements.
 //!
@@ -133,15 +134,18 @@ impl Extras {
         }
     }
 
-    /// `user`'s last device on this node went offline now.
-    pub(crate) fn seen(&self, user: &str) {
+    /// `user`'s last device on this node went offline now; returns the time recorded.
+    pub(crate) fn seen(&self, user: &str) -> i64 {
+        let now = crate::now_ms();
         let mut last = self.last_seen.lock();
         if last.len() < MAX_LAST_SEEN || last.contains_key(user) {
-            last.insert(user.to_string(), crate::now_ms());
+            last.insert(user.to_string(), now);
         }
+        now
     }
 
-    /// When `user` was last seen going offline here (0: not since this node started).
+    /// When `user` was last seen going offline here (0: not since this node started). The
+    /// store keeps it too ([`crate::store::extras::ExtrasLog::last_seen`]), for after a restart.
     pub fn last_seen(&self, user: &str) -> i64 {
         self.last_seen.lock().get(user).copied().unwrap_or(0)
     }

@@ -4,8 +4,8 @@
 //! history, or a group they share); anyone else gets `PERMISSION_DENIED` for that user, so
 //! presence cannot be scraped. A user who hides their presence, and both sides of a block, are
 //! reported offline without `lastSeen`. Online means a device connected to any node (the split
-//! store shares presence in Redis) or to this one; `lastSeen` is when the user's last device on
-//! this node went offline since it started (0: not known).
+//! store shares presence in Redis) or to this one; `lastSeen` is when the user's last device
+//! went offline (kept in memory and in the store, so it survives a restart; 0: never seen).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -134,12 +134,16 @@ async fn entry(plugin: &ImPlugin, me: &str, user: String) -> Result<PresenceEntr
             .online_devices(&user)
             .await?
             .is_some_and(|d| !d.is_empty());
-    Ok(PresenceEntry {
-        last_seen: if online {
-            0
-        } else {
-            plugin.extras.last_seen(&user)
+    let last_seen = match (online, plugin.extras.last_seen(&user)) {
+        (true, _) => 0,
+        (false, 0) => match plugin.store.extras_log() {
+            Some(log) => log.last_seen(&user).await?,
+            None => 0,
         },
+        (false, seen) => seen,
+    };
+    Ok(PresenceEntry {
+        last_seen,
         user,
         online,
         error: None,

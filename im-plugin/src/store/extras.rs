@@ -98,7 +98,7 @@ pub struct ExtrasState {
     pub hidden: BTreeSet<String>,
 }
 
-/// The durable state of blocks and presence settings. The embedded store implements it (in
+/// The durable state of blocks, presence settings and last-seen times. The embedded store implements it (in
 /// both of its roles: the whole store, and the message log under a Redis index), so the split
 /// store keeps blocks in its log when the log is the embedded one.
 #[async_trait]
@@ -111,6 +111,12 @@ pub trait ExtrasLog: Send + Sync + 'static {
 
     /// Every block and setting.
     async fn load_extras(&self) -> StoreResult<ExtrasState>;
+
+    /// `user`'s last device went offline at `ts` (Unix ms). Durable when it returns.
+    async fn set_last_seen(&self, user: &str, ts: i64) -> StoreResult<()>;
+
+    /// When `user`'s last device went offline, as last recorded (0: never).
+    async fn last_seen(&self, user: &str) -> StoreResult<i64>;
 }
 
 /// What a message log found before an amend is allocated.

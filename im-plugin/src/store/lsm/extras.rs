@@ -6,6 +6,8 @@
 //! Keyspace `extras` (see `mod.rs` for `lp`):
 //! - `b ++ lp(blocker) ++ blocked` -> `ts_be`: a block, and when it was made.
 //! - `h ++ user` -> empty: the user hides their presence.
+//! - `s ++ user` -> `ts_be`: when the user's last device went offline (read one user at a
+//!   time, never loaded whole).
 //!
 //! In log mode (under a Redis index) an amend is planned by a read ([`AmendLog::plan_amend`])
 //! and written at the seqs the index allocated ([`Pending::log_amend`]).
@@ -26,6 +28,13 @@ use crate::store::log::LogResult;
 
 const BLOCK: u8 = b'b';
 const HIDDEN: u8 = b'h';
+const LAST_SEEN: u8 = b's';
+
+fn last_seen_key(user: &str) -> Vec<u8> {
+    let mut key = vec![LAST_SEEN];
+    key.extend_from_slice(user.as_bytes());
+    key
+}
 
 fn block_key(blocker: &str, blocked: &str) -> Vec<u8> {
     let mut key = vec![BLOCK];
@@ -341,6 +350,14 @@ impl Pending<'_> {
         }
     }
 
+    pub(super) fn set_last_seen(&mut self, user: &str, ts: i64) {
+        self.batch.insert(
+            &self.ks.extras,
+            last_seen_key(user),
+            ts.to_be_bytes().to_vec(),
+        );
+    }
+
     pub(super) fn set_visible(&mut self, user: &str, visible: bool) {
         let key = hidden_key(user);
         match visible {
@@ -386,6 +403,28 @@ impl ExtrasLog for LsmStore {
         .await
     }
 
+    async fn set_last_seen(&self, user: &str, ts: i64) -> StoreResult<()> {
+        checked_extras_key(&[user])?;
+        self.submit_extras(Op::LastSeen {
+            user: user.to_string(),
+            ts,
+        })
+        .await
+    }
+
+    async fn last_seen(&self, user: &str) -> StoreResult<i64> {
+        let key = last_seen_key(user);
+        self.read(
+            move |ks| match ks.extras.get(&key).map_err(StoreError::new)? {
+                Some(v) => Ok(i64::from_be_bytes(
+                    <[u8; 8]>::try_from(&*v).map_err(|_| StoreError::new("corrupt last seen"))?,
+                )),
+                None => Ok(0),
+            },
+        )
+        .await
+    }
+
     async fn load_extras(&self) -> StoreResult<ExtrasState> {
         self.read(|ks| {
             let corrupt = || StoreError::new("corrupt extras key");
@@ -410,6 +449,7 @@ impl ExtrasLog for LsmStore {
                             .hidden
                             .insert(String::from_utf8(user.to_vec()).map_err(|_| corrupt())?);
                     }
+                    Some((&LAST_SEEN, _)) => {}
                     _ => return Err(corrupt()),
                 }
             }

@@ -97,7 +97,7 @@ async fn edits_and_recalls_survive_a_reopen() {
 }
 
 #[tokio::test]
-async fn blocks_and_hidden_presence_survive_a_reopen() {
+async fn blocks_hidden_presence_and_last_seen_survive_a_reopen() {
     let dir = TempDir::new().expect("temp dir");
     {
         let store = LsmStore::open(dir.path()).expect("open");
@@ -108,6 +108,8 @@ async fn blocks_and_hidden_presence_survive_a_reopen() {
         store.set_presence_visible("carol", false).await.unwrap();
         store.set_presence_visible("dave", false).await.unwrap();
         store.set_presence_visible("dave", true).await.unwrap();
+        store.set_last_seen("carol", T0).await.unwrap();
+        store.set_last_seen("carol", T0 + 5).await.unwrap();
     }
     let store = LsmStore::open(dir.path()).expect("reopen");
     let state = store.extras_log().unwrap().load_extras().await.unwrap();
@@ -121,6 +123,9 @@ async fn blocks_and_hidden_presence_survive_a_reopen() {
         vec![("bob", vec!["mallory"]), ("carol", vec!["mallory"])]
     );
     assert_eq!(state.hidden.into_iter().collect::<Vec<_>>(), vec!["carol"]);
+    let log = store.extras_log().unwrap();
+    assert_eq!(log.last_seen("carol").await.unwrap(), T0 + 5);
+    assert_eq!(log.last_seen("dave").await.unwrap(), 0, "never seen");
 }
 
 /// What an amend costs: each runs alone in its commit (it reads committed rows), so amends queued

@@ -286,6 +286,11 @@ enum Op {
         user: String,
         visible: bool,
     },
+    /// When a user's last device went offline.
+    LastSeen {
+        user: String,
+        ts: i64,
+    },
 }
 
 enum Output {

@@ -205,6 +205,10 @@ impl<'a> Pending<'a> {
                 self.set_visible(user, *visible);
                 Ok(Output::Done)
             }
+            Op::LastSeen { user, ts } => {
+                self.set_last_seen(user, *ts);
+                Ok(Output::Done)
+            }
         }
     }
 }
