@@ -9,8 +9,9 @@
 //! queued or running evaluation per user, one timer per user, per-device timing state.
 //!
 //! A device is pushed when it is connected on no node, is registered, and its pending events
-//! hold a message from someone else in a conversation the user has not muted (or a read by the
-//! user on another device that changed the badge: then a badge-only push). The badge is the
+//! hold a message from someone else in a conversation the user has not muted, not recalled (or a
+//! read by the user on another device, or a recall, that changed the badge: then a badge-only
+//! push). The badge is the
 //! user's unread total read from the store at push time. At most one push per device per
 //! `min_interval`; a burst in between becomes one push with the latest message and badge.
 
@@ -338,16 +339,23 @@ impl PushBridge {
         };
         let now_ms = mqim_im_plugin::now_ms();
         let horizon = now_ms - self.give_up_after.as_millis() as i64;
+        // A recalled message is never pushed (its copy in the stream is already rewritten).
         let newest = page.events.iter().rev().find_map(|e| match &e.body {
             Some(event::Body::Message(m))
-                if m.from != user && m.ts >= horizon && !st.muted(&m.conversation, now_ms) =>
+                if m.from != user
+                    && !m.recalled
+                    && m.ts >= horizon
+                    && !st.muted(&m.conversation, now_ms) =>
             {
                 Some(m)
             }
             _ => None,
         });
+        // What may have changed the badge without a message to show: a read on another device,
+        // a recall of an unread message.
         let own_read = page.events.iter().rev().find_map(|e| match &e.body {
             Some(event::Body::Read(r)) if r.by == user => Some(r.conversation.clone()),
+            Some(event::Body::Recalled(r)) => Some(r.conversation.clone()),
             _ => None,
         });
         if newest.is_none() && own_read.is_none() {

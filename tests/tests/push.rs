@@ -175,6 +175,47 @@ async fn reading_on_the_laptop_sends_the_phone_a_badge_only_push_with_zero() {
     assert!(p.get("msgId").is_none(), "badge-only: {p}");
 }
 
+/// A recalled message is never pushed: the push after the recall is badge-only, with the badge
+/// the recall lowered, and no push ever names the recalled message or carries its text.
+#[tokio::test]
+async fn a_recalled_message_is_never_pushed_and_the_badge_drops() {
+    let rx = Receiver::start().await;
+    let b = Broker::start_with(&push_env(&[]));
+    let mut phone = Device::connect(&b, "bob", "phone").await;
+    let r = phone
+        .call(json!({"pushRegister": {"provider": "webhook", "token": rx.url("phone"), "preview": true}}))
+        .await;
+    assert!(r.get("pushRegister").is_some(), "{r}");
+    go_offline(phone).await;
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    let first = alice.send("bob", "r0", "see you at noon").await;
+    let oops = alice.send("bob", "r1", "my password is hunter2").await;
+    let r = alice
+        .call(json!({"recall": {"conversation": "u:bob", "msgId": oops["msgId"]}}))
+        .await;
+    assert!(r.get("recall").is_some(), "{r}");
+    // One push per second at most: the first push, then the coalesced one after the recall.
+    let pushes = rx.collect(Duration::from_secs(3)).await;
+    assert!(!pushes.is_empty(), "bob's phone was pushed");
+    for p in &pushes {
+        assert_ne!(
+            p["msgId"], oops["msgId"],
+            "the recalled message is never pushed: {p}"
+        );
+        assert!(!p.to_string().contains("hunter2"), "{p}");
+    }
+    let last = pushes.last().unwrap();
+    assert_eq!(
+        str_of(last, "badge"),
+        "1",
+        "only the first message is unread: {last}"
+    );
+    assert!(
+        last.get("msgId").is_none() || last["msgId"] == first["msgId"],
+        "{last}"
+    );
+}
+
 #[tokio::test]
 async fn a_muted_conversation_pushes_nothing_and_others_still_push() {
     let rx = Receiver::start().await;
