@@ -14,6 +14,7 @@ use mqim_im_plugin::{topics, ImPlugin};
 use mqim_schemas::v1::ErrorCode;
 use tracing::info;
 
+use crate::codec::QoS;
 use crate::extension::{AuthDecision, ConnectInfo, Extension, PublishOutcome};
 use crate::session::Session;
 
@@ -85,6 +86,9 @@ impl DeviceLink for Device {
     }
     fn deliver(&self, topic: &str, payload: Bytes) -> bool {
         self.0.deliver(topic, payload)
+    }
+    fn deliver_live(&self, topic: &str, payload: Bytes) -> bool {
+        self.0.deliver_at_most(topic, payload, QoS::AtMostOnce)
     }
 }
 

@@ -153,10 +153,16 @@ impl Session {
     /// Delivers a publish on a claimed topic the client subscribed to, at the subscription's QoS.
     /// Returns false if the client is not subscribed to it or the session is closed or full.
     pub fn deliver(&self, topic: &str, payload: Bytes) -> bool {
+        self.deliver_at_most(topic, payload, QoS::ExactlyOnce)
+    }
+
+    /// Like [`Session::deliver`], at no more than `cap` (the publication's own QoS: the
+    /// delivery is at the lower of it and the subscription's, MQTT 3.1.1 §3.8.4, 5.0 §3.8.4).
+    pub fn deliver_at_most(&self, topic: &str, payload: Bytes, cap: QoS) -> bool {
         let qos = {
             let claimed = self.claimed.lock();
             match claimed.iter().find(|(t, _)| t == topic) {
-                Some((_, q)) => *q,
+                Some((_, q)) => (*q).min(cap),
                 None => return false,
             }
         };

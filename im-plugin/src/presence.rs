@@ -23,6 +23,13 @@ pub trait DeviceLink: Send + Sync + 'static {
     fn is_subscribed(&self, topic: &str) -> bool;
     /// Queues a publish on `topic` if subscribed; false if not delivered.
     fn deliver(&self, topic: &str, payload: Bytes) -> bool;
+    /// Queues a live-only event (no stream seq: a large group's live copy, typing, presence),
+    /// which needs no acknowledgement: the connection layer sends it at QoS 0. A device that
+    /// misses one catches up from the group's log (`groupSync`, by `groupSeq`) or not at all
+    /// (typing, presence are momentary).
+    fn deliver_live(&self, topic: &str, payload: Bytes) -> bool {
+        self.deliver(topic, payload)
+    }
 }
 
 const SHARDS: usize = 64;
@@ -112,8 +119,9 @@ impl Presence {
 }
 
 impl Presence {
-    /// Delivers one event that is the same for every recipient (a large group's live event, which
-    /// has no stream seq) to the online devices of each of `users`, encoding it once per format.
+    /// Delivers one live-only event that is the same for every recipient (a large group's live
+    /// copy, typing: no stream seq) to the online devices of each of `users`, encoding it once
+    /// per format, through [`DeviceLink::deliver_live`].
     /// Returns to how many downlinks it was queued.
     pub fn deliver_to_many<'a>(
         &self,
@@ -127,7 +135,14 @@ impl Presence {
         for user in users {
             let shard = self.shard(user).lock();
             if let Some(e) = shard.get(user) {
-                queued += send_encoded(user, &e.devices, &downlink_msg, &mut encoded, exclude_conn);
+                queued += send_encoded(
+                    user,
+                    &e.devices,
+                    &downlink_msg,
+                    &mut encoded,
+                    exclude_conn,
+                    true,
+                );
             }
         }
         queued
@@ -142,17 +157,19 @@ fn send_to_devices(
 ) -> usize {
     let downlink_msg = wire::event(event);
     let mut encoded: [Option<Bytes>; 2] = [None, None];
-    send_encoded(user, devices, &downlink_msg, &mut encoded, exclude)
+    send_encoded(user, devices, &downlink_msg, &mut encoded, exclude, false)
 }
 
 /// Queues `downlink_msg` on each subscribed downlink of `devices` but `exclude`, encoding it at
-/// most once per format; returns to how many downlinks it was queued.
+/// most once per format (`live`: as a live-only event); returns to how many downlinks it was
+/// queued.
 fn send_encoded(
     user: &str,
     devices: &[Arc<dyn DeviceLink>],
     downlink_msg: &mqim_schemas::v1::Downlink,
     encoded: &mut [Option<Bytes>; 2],
     exclude: Option<u64>,
+    live: bool,
 ) -> usize {
     let mut queued = 0;
     for d in devices {
@@ -165,7 +182,11 @@ fn send_encoded(
                 let payload = encoded[i]
                     .get_or_insert_with(|| wire::encode(format, downlink_msg))
                     .clone();
-                if d.deliver(&topic, payload) {
+                let delivered = match live {
+                    true => d.deliver_live(&topic, payload),
+                    false => d.deliver(&topic, payload),
+                };
+                if delivered {
                     queued += 1;
                 }
             }

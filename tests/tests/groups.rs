@@ -503,3 +503,59 @@ async fn a_retried_group_create_with_its_client_msg_id_creates_one_group(b: &Bro
         .count();
     assert_eq!(groups, 3, "Once, Twice and bob's: {listed}");
 }
+
+/// A large group's live copy needs no acknowledgement (a member who misses one pages it in with
+/// `groupSync`, by `groupSeq`): it reaches a device subscribed at QoS 1 as a QoS 0 publish, while
+/// an event of the device's own stream (a one-to-one message) stays QoS 1. Read off the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_groups_live_copy_is_sent_at_qos_0_and_stream_events_at_qos_1() {
+    use common::raw::{subscribe_packet, ConnectOpts, Raw};
+    let b = Broker::start();
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    let g = create(&mut alice, "Town", &["bob"], true).await;
+    let password = common::token("bob", 3600);
+    let (mut bob, ack) = Raw::connect(
+        &b,
+        &ConnectOpts {
+            level: 4,
+            client_id: "braw",
+            clean: true,
+            keep_alive: 30,
+            creds: Some(("bob", &password)),
+            ..ConnectOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(ack, [0, 0], "connected");
+    bob.send(&subscribe_packet(false, 1, "im/bob/braw/down/json", 1))
+        .await;
+    let (kind, body) = bob.expect().await;
+    assert_eq!((kind, body.last()), (0x90, Some(&1)), "granted QoS 1");
+
+    gsend(&mut alice, &g, "l-1", "to the town").await;
+    alice.send("bob", "d-1", "just you").await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (first, body) = bob.expect().await;
+        if first >> 4 != 3 {
+            continue; // not a PUBLISH
+        }
+        let qos = (first >> 1) & 0x03;
+        let text = String::from_utf8_lossy(&body).to_string();
+        if qos == 1 {
+            // Acknowledge it: the packet id follows the topic.
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let pkid = [body[2 + topic_len], body[3 + topic_len]];
+            bob.send(&[0x40, 2, pkid[0], pkid[1]]).await;
+        }
+        seen.push((qos, text));
+    }
+    let qos_of = |needle: &str| {
+        seen.iter()
+            .find(|(_, t)| t.contains(needle))
+            .map(|(q, _)| *q)
+            .unwrap_or_else(|| panic!("no publish with {needle}: {seen:?}"))
+    };
+    assert_eq!(qos_of("to the town"), 0, "the large group's live copy");
+    assert_eq!(qos_of("just you"), 1, "bob's own stream event");
+}

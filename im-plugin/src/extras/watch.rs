@@ -156,7 +156,7 @@ pub(crate) fn deliver_to_link(link: &Arc<dyn DeviceLink>, d: &mqim_schemas::v1::
     for format in [Format::Json, Format::Pb] {
         let topic = downlink(link.user(), link.device(), format);
         if link.is_subscribed(&topic) {
-            link.deliver(&topic, wire::encode(format, d));
+            link.deliver_live(&topic, wire::encode(format, d));
         }
     }
 }
