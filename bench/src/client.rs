@@ -311,7 +311,19 @@ pub async fn connect_and_subscribe(
     topic: &str,
     timeout: Duration,
 ) -> Result<Connection, ConnectError> {
-    match tokio::time::timeout(timeout, handshake(addr, src, opts, topic)).await {
+    connect_and_subscribe_at(addr, src, opts, topic, 1, timeout).await
+}
+
+/// [`connect_and_subscribe`] with the subscription's QoS (0 or 1).
+pub async fn connect_and_subscribe_at(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    opts: &ConnectOptions<'_>,
+    topic: &str,
+    qos: u8,
+    timeout: Duration,
+) -> Result<Connection, ConnectError> {
+    match tokio::time::timeout(timeout, handshake(addr, src, opts, topic, qos)).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout),
     }
@@ -322,11 +334,12 @@ async fn handshake(
     src: Option<IpAddr>,
     opts: &ConnectOptions<'_>,
     topic: &str,
+    qos: u8,
 ) -> Result<Connection, ConnectError> {
     let mut connect = BytesMut::with_capacity(128 + opts.password.map_or(0, str::len));
     encode_connect(&mut connect, opts);
     let mut subscribe = BytesMut::with_capacity(16 + topic.len());
-    encode_subscribe(&mut subscribe, 1, topic, 1);
+    encode_subscribe(&mut subscribe, 1, topic, qos);
     // 3.1.1: CONNACK's return code is its second byte, SUBACK's after the packet id.
     let codes = Answers {
         connack: |b| b.get(1).copied(),
