@@ -95,6 +95,14 @@ async fn register(d: &mut Device, url: &str) {
     assert!(r.get("pushRegister").is_some(), "pushRegister failed: {r}");
 }
 
+/// Registers `d` with the webhook at `url`, asking for message previews.
+async fn register_with_preview(d: &mut Device, url: &str) {
+    let r = d
+        .call(json!({"pushRegister": {"provider": "webhook", "token": url, "preview": true}}))
+        .await;
+    assert!(r.get("pushRegister").is_some(), "pushRegister failed: {r}");
+}
+
 /// Disconnects and gives the broker a moment to see the session close.
 async fn go_offline(d: Device) {
     d.disconnect().await;
@@ -149,10 +157,7 @@ async fn reading_on_the_laptop_sends_the_phone_a_badge_only_push_with_zero() {
     let rx = Receiver::start().await;
     let b = Broker::start_with(&push_env(&[("MQIM_PUSH_MIN_INTERVAL_MS", "100")]));
     let mut phone = Device::connect(&b, "bob", "phone").await;
-    let r = phone
-        .call(json!({"pushRegister": {"provider": "webhook", "token": rx.url("phone"), "preview": true}}))
-        .await;
-    assert!(r.get("pushRegister").is_some(), "{r}");
+    register_with_preview(&mut phone, &rx.url("phone")).await;
     go_offline(phone).await;
     let mut laptop = Device::connect(&b, "bob", "laptop").await;
     let mut alice = Device::connect(&b, "alice", "ap").await;
@@ -182,10 +187,7 @@ async fn a_recalled_message_is_never_pushed_and_the_badge_drops() {
     let rx = Receiver::start().await;
     let b = Broker::start_with(&push_env(&[]));
     let mut phone = Device::connect(&b, "bob", "phone").await;
-    let r = phone
-        .call(json!({"pushRegister": {"provider": "webhook", "token": rx.url("phone"), "preview": true}}))
-        .await;
-    assert!(r.get("pushRegister").is_some(), "{r}");
+    register_with_preview(&mut phone, &rx.url("phone")).await;
     go_offline(phone).await;
     let mut alice = Device::connect(&b, "alice", "ap").await;
     let first = alice.send("bob", "r0", "see you at noon").await;

@@ -11,8 +11,9 @@ use crate::conversation::Conversation;
 use crate::store::extras::{Amend, AmendKind, AmendOutcome, AmendTarget};
 use crate::store::groups::{log_owner, MembershipWrite};
 
-/// `by`'s amend of `msg_id` in their one-to-one conversation with `peer`, within the window.
-fn one_to_one(by: &str, peer: &str, msg_id: u64, kind: AmendKind) -> Amend {
+/// `by`'s amend of `msg_id` in their one-to-one conversation with `peer`, accepted at
+/// `TS0 + 100 s` with a window back to `TS0` (also the backends' own tests' builder).
+pub(crate) fn one_to_one(by: &str, peer: &str, msg_id: u64, kind: AmendKind) -> Amend {
     Amend {
         by: by.into(),
         msg_id,

@@ -5,7 +5,8 @@
 use tempfile::TempDir;
 
 use super::*;
-use crate::store::extras::{Amend, AmendKind, AmendOutcome, AmendTarget, ExtrasLog, ExtrasStore};
+use crate::store::conformance::one_to_one;
+use crate::store::extras::{AmendKind, AmendOutcome, ExtrasLog, ExtrasStore};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -19,27 +20,6 @@ fn msg(from: &str, to: &str, cmid: &str, msg_id: u64) -> NewMessage {
         text: Some(format!("secret {msg_id}")),
         body: None,
         kind: Some("text".into()),
-    }
-}
-
-/// `by`'s amend of `msg_id` in their one-to-one conversation with `peer`.
-fn one_to_one(by: &str, peer: &str, msg_id: u64, kind: AmendKind) -> Amend {
-    Amend {
-        by: by.into(),
-        msg_id,
-        kind,
-        home: AmendTarget {
-            owner: by.into(),
-            conversation: Conversation::with_user(peer),
-        },
-        others: vec![AmendTarget {
-            owner: peer.into(),
-            conversation: Conversation::with_user(by),
-        }],
-        group_log: false,
-        privileged: false,
-        not_before_ms: T0,
-        ts: T0 + 1000,
     }
 }
 
@@ -87,7 +67,10 @@ async fn edits_and_recalls_survive_a_reopen() {
             .collect();
         assert_eq!(
             texts,
-            [(11, None, true, 0), (10, Some("fixed"), false, T0 + 1000)]
+            [
+                (11, None, true, 0),
+                (10, Some("fixed"), false, T0 + 100_000)
+            ]
         );
         assert_eq!(store.last_seq(user).await.unwrap(), 4);
         let stream = store.read_stream(user, 0, 10).await.unwrap();

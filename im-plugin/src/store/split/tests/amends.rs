@@ -5,8 +5,8 @@
 
 use super::failures::whole_stream;
 use super::*;
-use crate::conversation::Conversation;
-use crate::store::extras::{Amend, AmendKind, AmendOutcome, AmendTarget, ExtrasStore};
+use crate::store::conformance::one_to_one;
+use crate::store::extras::{Amend, AmendKind, AmendOutcome, ExtrasStore};
 
 fn message(from: &str, to: &str, cmid: &str, msg_id: u64) -> NewMessage {
     NewMessage {
@@ -22,23 +22,7 @@ fn message(from: &str, to: &str, cmid: &str, msg_id: u64) -> NewMessage {
 }
 
 fn recall(by: &str, peer: &str, msg_id: u64) -> Amend {
-    Amend {
-        by: by.into(),
-        msg_id,
-        kind: AmendKind::Recall,
-        home: AmendTarget {
-            owner: by.into(),
-            conversation: Conversation::with_user(peer),
-        },
-        others: vec![AmendTarget {
-            owner: peer.into(),
-            conversation: Conversation::with_user(by),
-        }],
-        group_log: false,
-        privileged: false,
-        not_before_ms: 0,
-        ts: crate::now_ms(),
-    }
+    one_to_one(by, peer, msg_id, AmendKind::Recall)
 }
 
 async fn send(store: &SplitStore, m: NewMessage) {
