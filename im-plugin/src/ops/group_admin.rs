@@ -270,6 +270,8 @@ pub fn create(
                 created_at: ts,
                 disbanded: false,
                 member_count: 0,
+                version_id: 0,
+                version_seq: 0,
             },
             members: Default::default(),
         };

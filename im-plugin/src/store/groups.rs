@@ -56,6 +56,15 @@ pub struct GroupMeta {
     pub created_at: i64,
     pub disbanded: bool,
     pub member_count: u64,
+    /// The msgid of the group's latest change (its creation included): which membership this
+    /// meta and the member rows written with it reflect. The membership fence compares it
+    /// (`store/split/fence.rs`); set by the IM layer when it plans a change. 0 in groups stored
+    /// before it existed.
+    #[serde(default)]
+    pub version_id: u64,
+    /// The group seq of that change, filled in by the log that writes it (0 until then).
+    #[serde(default)]
+    pub version_seq: u64,
 }
 
 /// One member, as stored.

@@ -19,6 +19,8 @@ fn meta(large: bool, member_count: u64) -> GroupMeta {
         created_at: TS0,
         disbanded: false,
         member_count,
+        version_id: 0,
+        version_seq: 0,
     }
 }
 

@@ -105,6 +105,8 @@ impl Statements {
                 "INSERT INTO {ks}.cursors (owner, device, seq) VALUES (?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
+            groups: super::groups::GroupStatements::prepare(session, ks).await?,
+            extras: super::extras::ExtrasStatements::prepare(session, ks).await?,
         })
     }
 }
@@ -151,6 +153,21 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
          PRIMARY KEY (owner, conversation))",
         "max_msg_id (slot int PRIMARY KEY, msg_id bigint)",
         "meta (name text PRIMARY KEY, n bigint)",
+        // Version 2: groups (`groups.rs`) and extras (`extras.rs`).
+        "groups (grp text PRIMARY KEY, meta text)",
+        "group_members (grp text, member_id text, member text, PRIMARY KEY (grp, member_id))",
+        "user_groups (member_id text, grp text, large boolean, PRIMARY KEY (member_id, grp))",
+        "group_msgs (grp text, bucket bigint, seq bigint, msg_id bigint, \
+         PRIMARY KEY ((grp, bucket), seq)) WITH CLUSTERING ORDER BY (seq ASC)",
+        "group_heads (grp text PRIMARY KEY, last_msg_seq bigint, updated_at bigint)",
+        "group_reads (owner text, grp text, seq bigint, msg_id bigint, PRIMARY KEY (owner, grp))",
+        "mentions (owner text, conversation text, msg_id bigint, \
+         PRIMARY KEY (owner, conversation, msg_id))",
+        "group_dedup (owner text, client_msg_id text, msg_id bigint, seq bigint, \
+         group_seq bigint, conversation text, ts bigint, deadline_ms bigint, \
+         PRIMARY KEY ((owner, client_msg_id)))",
+        "blocks (blocker text, blocked text, ts bigint, PRIMARY KEY (blocker, blocked))",
+        "hidden_presence (owner text PRIMARY KEY)",
     ];
     for table in tables {
         ddl(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.{table}")).await?;
@@ -168,6 +185,11 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
     let recorded = Lwt::parse(result).map_err(|e| StoreError::new(format!("{what}: {}", e.0)))?;
     if !recorded.applied {
         let found = recorded.i64("n")?;
+        if found == 1 {
+            // Version 2 only added tables, created above: record the upgrade, after which
+            // a version-1 binary refuses the keyspace.
+            return upgrade_from_1(session, ks).await;
+        }
         if found != SCHEMA_VERSION {
             return Err(StoreError::new(format!(
                 "keyspace {ks} has schema version {found}, this build reads version \
@@ -175,6 +197,37 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
             )));
         }
     }
+    Ok(())
+}
+
+/// Moves the recorded version from 1 to [`SCHEMA_VERSION`] (a conditional write: of several
+/// nodes upgrading at once one applies it, the others find it done).
+async fn upgrade_from_1(session: &Session, ks: &str) -> StoreResult<()> {
+    let mut upgrade = Statement::new(format!(
+        "UPDATE {ks}.meta SET n = {SCHEMA_VERSION} WHERE name = 'schema_version' IF n = 1"
+    ));
+    upgrade.set_consistency(Consistency::LocalQuorum);
+    upgrade.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    let what = "upgrading the schema version";
+    let result = session
+        .query_unpaged(upgrade, ())
+        .await
+        .map_err(|e| StoreError::new(format!("{what}: {e}")))?;
+    let done = Lwt::parse(result).map_err(|e| StoreError::new(format!("{what}: {}", e.0)))?;
+    let now = match done.applied {
+        true => SCHEMA_VERSION,
+        false => done.i64("n")?,
+    };
+    if now != SCHEMA_VERSION {
+        return Err(StoreError::new(format!(
+            "keyspace {ks} moved to schema version {now} while this node upgraded it to \
+             {SCHEMA_VERSION}"
+        )));
+    }
+    tracing::info!(
+        keyspace = ks,
+        "upgraded the ScyllaDB log's schema from version 1"
+    );
     Ok(())
 }
 

@@ -328,8 +328,10 @@ async fn index_group(shared: &Arc<Shared>, entry: &GroupAppend, sent: &crate::st
 
 #[async_trait]
 impl GroupStore for SplitStore {
+    /// A log shared by several nodes (ScyllaDB) keeps groups too, but is not used for them
+    /// until each node's in-memory membership is fenced (see the README, "Not yet").
     fn has_groups(&self) -> bool {
-        self.shared.log.groups().is_some()
+        self.shared.log.groups().is_some() && self.shared.log.single_writer()
     }
 
     fn append_group(&self, entry: GroupAppend) -> BoxFuture<'static, StoreResult<GroupOutcome>> {

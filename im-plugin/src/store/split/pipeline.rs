@@ -32,6 +32,8 @@ const MAX_ATTEMPTS: u8 = 8;
 const RECEIPT_CHECK_PAGES: usize = 10;
 
 /// One request of the pipeline.
+// A group entry is moved a few times per request, like `GroupOutcome`: not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Job {
     Append {
         msg: NewMessage,

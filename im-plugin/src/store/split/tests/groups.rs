@@ -49,6 +49,8 @@ fn create(group: &str, members: &[String], large: bool) -> GroupAppend {
                 created_at: 0,
                 disbanded: false,
                 member_count: members.len() as u64,
+                version_id: 0,
+                version_seq: 0,
             },
             upserts: members
                 .iter()
