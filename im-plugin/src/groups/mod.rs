@@ -117,6 +117,18 @@ impl Registry {
             .insert(id.to_string(), Entry::Ready(record));
     }
 
+    /// Reloads `id` from the store now (the store found this node's copy stale: another node
+    /// changed the group). UNAVAILABLE if the store cannot be read.
+    pub(crate) async fn refresh(&self, store: &Arc<dyn Store>, id: &str) -> Result<(), ImError> {
+        match store.load_group(id).await.map_err(ImError::from)? {
+            Some(record) => self.set(id, Arc::new(record)),
+            None => {
+                self.groups.lock().remove(id);
+            }
+        }
+        Ok(())
+    }
+
     /// A change of `id` failed to commit: serve it again only once reloaded from the store.
     pub(crate) fn reload(self: &Arc<Self>, store: Arc<dyn Store>, id: String) {
         self.groups.lock().insert(id.clone(), Entry::Reloading);

@@ -145,6 +145,10 @@ pub struct GroupAppend {
     /// Member streams that get the entry (the group's own log always does).
     pub copies: Vec<Copy>,
     pub membership: Option<MembershipWrite>,
+    /// The membership version the entry was planned from ([`GroupMeta::version_id`] of the
+    /// group as the planner saw it; 0 for a creation). A store shared by several nodes
+    /// refuses the entry with [`stale_membership`] when the group's latest change is another.
+    pub basis: u64,
 }
 
 /// Which dedup record an entry has: a message's (sender, clientMsgId); a `groupCreate` given a
@@ -242,6 +246,22 @@ pub struct GroupReadOutcome {
     pub unread: u64,
     /// The event appended to the reader's own stream for their other devices, if the read moved.
     pub own_receipt: Option<Event>,
+}
+
+/// How a [`stale_membership`] error starts.
+const STALE_MEMBERSHIP: &str = "stale membership: ";
+
+/// The error of a group entry planned from a membership that is not the group's latest
+/// (another node changed the group): nothing was written; reload the group and plan again.
+pub fn stale_membership(group: &str) -> StoreError {
+    StoreError(format!(
+        "{STALE_MEMBERSHIP}group {group} changed since its members were read; reload it"
+    ))
+}
+
+/// Whether `e` is a [`stale_membership`] error.
+pub fn is_stale_membership(e: &StoreError) -> bool {
+    e.0.starts_with(STALE_MEMBERSHIP)
 }
 
 fn unsupported() -> StoreError {

@@ -57,6 +57,7 @@ fn change(group: &str, msg_id: u64, kind: &str, large: bool, copies: Vec<Copy>) 
             ..GroupChange::default()
         }),
         copies,
+        basis: 0,
         membership: None,
     }
 }
@@ -108,6 +109,7 @@ pub(crate) fn group_message(
             mention_all: false,
         }),
         copies,
+        basis: 0,
         membership: None,
     }
 }

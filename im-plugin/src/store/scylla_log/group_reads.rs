@@ -183,7 +183,7 @@ impl Inner {
         .await
     }
 
-    async fn group_meta(&self, grp: &str) -> StoreResult<Option<GroupMeta>> {
+    pub(super) async fn group_meta(&self, grp: &str) -> StoreResult<Option<GroupMeta>> {
         let rows = self
             .select::<(String,)>(&self.stmts.groups.select_meta, (grp,), || {
                 format!("reading the meta of group {grp}")
@@ -399,5 +399,9 @@ impl GroupLog for ScyllaLog {
 
     async fn is_large(&self, group: &str) -> StoreResult<Option<bool>> {
         Ok(self.inner.group_meta(group).await?.map(|m| m.large))
+    }
+
+    async fn group_meta(&self, group: &str) -> StoreResult<Option<GroupMeta>> {
+        self.inner.group_meta(group).await
     }
 }

@@ -751,6 +751,7 @@ mod tests {
                 unread: false,
                 mention: true,
             }],
+            basis: 0,
             membership: None,
         };
         assert_eq!(group_job_users(&entry), ["#g:7", "pia", "olga"]);

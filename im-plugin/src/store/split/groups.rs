@@ -40,7 +40,7 @@ fn no_groups() -> StoreError {
 }
 
 impl Shared {
-    fn group_log(&self) -> StoreResult<&dyn GroupLog> {
+    pub(super) fn group_log(&self) -> StoreResult<&dyn GroupLog> {
         self.log.groups().ok_or_else(no_groups)
     }
 }
@@ -212,6 +212,15 @@ pub(super) fn dispatch(
         (Job::Group { entry, reply, .. }, Allocated::Duplicate(original)) => {
             finish_group(shared, &entry, Ok(GroupOutcome::Duplicate(original)), reply);
         }
+        (Job::Group { entry, reply, .. }, Allocated::Fenced(state)) => {
+            // Planned from another membership than the group's latest: nothing was allocated.
+            drop(guard);
+            let this = shared.clone();
+            tokio::spawn(async move {
+                let e = super::fence::fenced(&this, &entry.group, state).await;
+                finish_group(&this, &entry, Err(e), reply);
+            });
+        }
         (
             Job::Group {
                 entry,
@@ -232,6 +241,8 @@ pub(super) fn dispatch(
                 let outcome = match outcome {
                     Ok(o) => o,
                     Err(LogError::Conflict { user, seq }) => {
+                        // Nothing of it was applied: a change gives its version back.
+                        super::fence::release_change(&this, &entry).await;
                         let job = Job::Group {
                             entry,
                             reply,
@@ -240,6 +251,10 @@ pub(super) fn dispatch(
                         return retry_after_conflict(&this, job, &user, seq);
                     }
                     Err(LogError::Unavailable(e)) => {
+                        if this.log.single_writer() {
+                            // Refused whole by the only writer: it never lands.
+                            super::fence::release_change(&this, &entry).await;
+                        }
                         return finish_group(&this, &entry, Err(e), reply);
                     }
                 };

@@ -63,6 +63,7 @@
 
 mod claims;
 mod extras;
+mod fence;
 mod fresh;
 mod groups;
 mod pipeline;

@@ -157,10 +157,12 @@ impl Job {
             Job::Group { entry, .. } => AllocRequest::Group {
                 owners: self.users(),
                 dedup: entry.dedup_key().map(|d| (d.owner, d.client_msg_id)),
+                fence: Some(super::fence::fence_of(entry)),
             },
             Job::GroupRead { user, .. } => AllocRequest::Group {
                 owners: vec![user.clone()],
                 dedup: None,
+                fence: None,
             },
         }
     }

@@ -41,6 +41,7 @@ fn create(group: &str, members: &[String], large: bool) -> GroupAppend {
             ..GroupChange::default()
         }),
         copies,
+        basis: 0,
         membership: Some(MembershipWrite {
             meta: GroupMeta {
                 name: group.into(),
@@ -110,6 +111,7 @@ fn group_message(
             mention_all: false,
         }),
         copies,
+        basis: 0,
         membership: None,
     }
 }

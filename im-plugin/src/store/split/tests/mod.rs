@@ -4,6 +4,7 @@
 //! `failures.rs` holds the Redis failure scenarios and the randomized test of them.
 
 mod failures;
+mod fence;
 mod groups;
 
 use std::sync::atomic::{AtomicU64, Ordering};
