@@ -13,6 +13,8 @@
 //! reloaded from the store before it serves again.
 
 pub mod commit;
+#[cfg(test)]
+mod fence_tests;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -65,8 +67,7 @@ impl Registry {
         if !self.enabled {
             return Err(ImError::new(
                 ErrorCode::FailedPrecondition,
-                "groups need the embedded or the redis+embedded store in this release \
-                 (not yet redis+scylla)",
+                "this store keeps no groups",
             ));
         }
         Ok(())

@@ -9,9 +9,9 @@
 //! The group log's counter is rebuilt like a user's (above the log's highest seq), so after a
 //! Redis restart group seqs continue above the highest durable one.
 //!
-//! Not here: several nodes. The IM layer keeps every group's members in memory per node, which
-//! holds for `redis+embedded` (one node per log); a shared log would need the membership check
-//! on the shared side.
+//! Several nodes: the IM layer keeps every group's members in memory per node; on a shared log
+//! (`redis+scylla`) each entry's allocation checks that the node planned it from the group's
+//! latest membership (`fence.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,7 +36,7 @@ use crate::store::{HistoryPage, StoreError, StoreResult, StreamPage};
 const RECEIPT_LOOKUP: usize = 20;
 
 fn no_groups() -> StoreError {
-    StoreError::new("this store's log keeps no groups (groups need redis+embedded or embedded)")
+    StoreError::new("this store's log keeps no groups")
 }
 
 impl Shared {
@@ -343,10 +343,10 @@ async fn index_group(shared: &Arc<Shared>, entry: &GroupAppend, sent: &crate::st
 
 #[async_trait]
 impl GroupStore for SplitStore {
-    /// A log shared by several nodes (ScyllaDB) keeps groups too, but is not used for them
-    /// until each node's in-memory membership is fenced (see the README, "Not yet").
+    /// Also on a log shared by several nodes (ScyllaDB): each node's in-memory membership is
+    /// checked against the group's latest change by the membership fence (`fence.rs`).
     fn has_groups(&self) -> bool {
-        self.shared.log.groups().is_some() && self.shared.log.single_writer()
+        self.shared.log.groups().is_some()
     }
 
     fn append_group(&self, entry: GroupAppend) -> BoxFuture<'static, StoreResult<GroupOutcome>> {

@@ -1,0 +1,152 @@
+//! Two nodes' IM layers over one shared log: the membership fence seen from the requests.
+//! Node A removes a member; node B, whose registry still lists them, takes a send to the group:
+//! the store refuses B's first plan, B reloads the group and plans again, and the send is
+//! answered `sent` with no copy for the removed member. The nodes are two [`ImPlugin`]s, each
+//! on its own split store; both stores use one real `redis-server` (same key prefix) and one
+//! embedded log in log mode (an `Arc`, standing in for the ScyllaDB log `redis+scylla` nodes
+//! share).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mqim_schemas::v1::{event, reply, GroupCreateRequest, GroupRemoveRequest, SendRequest};
+use tempfile::TempDir;
+
+use crate::auth::Authenticator;
+use crate::config::{AuthConfig, ImConfig};
+use crate::presence::DeviceLink;
+use crate::store::lsm::LsmStore;
+use crate::store::redis_index::{RedisConfig, RedisIndex};
+use crate::store::split::{SplitOptions, SplitStore};
+use crate::store::Store;
+use crate::testing::RedisServer;
+use crate::ImPlugin;
+
+struct Link(&'static str);
+
+impl DeviceLink for Link {
+    fn conn_id(&self) -> u64 {
+        7
+    }
+    fn user(&self) -> &str {
+        self.0
+    }
+    fn device(&self) -> &str {
+        "phone"
+    }
+    fn is_subscribed(&self, _topic: &str) -> bool {
+        false
+    }
+    fn deliver(&self, _topic: &str, _payload: Bytes) -> bool {
+        false
+    }
+}
+
+async fn node(id: u16, redis: &RedisServer, log: &Arc<LsmStore>, dir: &TempDir) -> Arc<ImPlugin> {
+    let cfg = RedisConfig {
+        url: redis.url(),
+        key_prefix: "nodes".into(),
+        timeout_ms: 1000,
+    };
+    let index = RedisIndex::connect(&cfg, 3600).await.expect("Redis");
+    let opts = SplitOptions {
+        node_id: id,
+        ..SplitOptions::default()
+    };
+    let store: Arc<dyn Store> = Arc::new(SplitStore::new(index, log.clone(), opts));
+    let im = ImConfig {
+        node_id: id,
+        ..ImConfig::default()
+    };
+    let auth = Authenticator::load(&AuthConfig::default(), dir.path()).expect("auth");
+    ImPlugin::open(im, auth, store).await.expect("open")
+}
+
+fn link(user: &'static str) -> Arc<dyn DeviceLink> {
+    Arc::new(Link(user))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_left() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "team".into(),
+            members: vec!["pia".into(), "rex".into()],
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    // Node B starts now: its registry lists rex.
+    let b = node(2, &redis, &log, &dir).await;
+    assert!(b
+        .groups
+        .get(group.trim_start_matches("g:"))
+        .unwrap()
+        .members
+        .contains_key("rex"));
+
+    crate::ops::group_admin::remove(
+        &a,
+        &link("olga"),
+        GroupRemoveRequest {
+            group: group.clone(),
+            members: vec!["rex".into()],
+        },
+    )
+    .await
+    .expect("remove");
+
+    let sent = crate::ops::send::start(
+        &b,
+        &link("pia"),
+        SendRequest {
+            to: group.clone(),
+            client_msg_id: "after-removal".into(),
+            text: Some("rex must not read this".into()),
+            ..SendRequest::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(sent, Ok(reply::Result::Sent(_))),
+        "B's send after reloading the group: {sent:?}"
+    );
+    let stream = |user: &'static str| {
+        let store = a.store().clone();
+        async move {
+            store
+                .read_stream(user, 0, 100)
+                .await
+                .expect("read")
+                .events
+                .into_iter()
+                .filter(|e| matches!(e.body, Some(event::Body::Message(_))))
+                .count()
+        }
+    };
+    assert_eq!(
+        stream("rex").await,
+        0,
+        "rex got a message sent after his removal"
+    );
+    assert_eq!(stream("olga").await, 1);
+    assert!(
+        !b.groups
+            .get(group.trim_start_matches("g:"))
+            .unwrap()
+            .members
+            .contains_key("rex"),
+        "B's registry was reloaded"
+    );
+}
