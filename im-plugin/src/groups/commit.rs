@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use mqim_schemas::v1::Event;
+use mqim_schemas::v1::{ErrorCode, Event};
 
 use crate::delivery::{Batch, Delivery, FanOut};
 use crate::error::ImError;
@@ -51,10 +51,68 @@ where
         + 'static,
 {
     // The first attempt is enqueued at the call, so calls keep their order.
-    let first = match enqueue(plugin, group, plan.clone()) {
-        Ok(e) => e,
-        Err(e) => return futures::future::ready(Err(e)).boxed(),
+    let first = match (enqueue(plugin, group, plan.clone()), group) {
+        (Ok(e), _) => e,
+        // Refused from this node's copy of the group, which may be behind the store (another
+        // node added this member, or created the group): look at the stored version first.
+        (Err(e), Some(id)) if plugin.store.groups_shared() && may_be_stale(&e) => {
+            return recheck(plugin, id, requester, plan, e);
+        }
+        (Err(e), _) => return futures::future::ready(Err(e)).boxed(),
     };
+    run(plugin, group, requester, plan, first)
+}
+
+/// Whether a rule's refusal may come from a copy of the group that is behind the store.
+fn may_be_stale(e: &ImError) -> bool {
+    matches!(
+        e.code,
+        ErrorCode::NotFound | ErrorCode::PermissionDenied | ErrorCode::FailedPrecondition
+    )
+}
+
+/// A refusal made from this node's copy of group `id`: if the store's version of the group is
+/// another, reload it and plan again; else the refusal stands.
+fn recheck<F>(
+    plugin: &Arc<ImPlugin>,
+    id: &str,
+    requester: u64,
+    plan: F,
+    refused: ImError,
+) -> BoxFuture<'static, Result<GroupOutcome, ImError>>
+where
+    F: FnOnce(Option<Arc<GroupRecord>>, u64, i64) -> Result<Planned, ImError>
+        + Clone
+        + Send
+        + 'static,
+{
+    let (this, id) = (plugin.clone(), id.to_string());
+    async move {
+        let stored = this.store.group_version(&id).await.map_err(ImError::from)?;
+        if stored.is_none() || stored == this.groups.version_of(&id) {
+            return Err(refused);
+        }
+        this.groups.refresh(&this.store, &id).await?;
+        let first = enqueue(&this, Some(&id), plan.clone())?;
+        run(&this, Some(&id), requester, plan, first).await
+    }
+    .boxed()
+}
+
+/// Waits for an enqueued attempt and plans again while the store finds it stale.
+fn run<F>(
+    plugin: &Arc<ImPlugin>,
+    group: Option<&str>,
+    requester: u64,
+    plan: F,
+    first: Enqueued,
+) -> BoxFuture<'static, Result<GroupOutcome, ImError>>
+where
+    F: FnOnce(Option<Arc<GroupRecord>>, u64, i64) -> Result<Planned, ImError>
+        + Clone
+        + Send
+        + 'static,
+{
     let (this, group) = (plugin.clone(), group.map(str::to_string));
     let task = tokio::spawn(async move {
         let mut attempt = first;

@@ -150,3 +150,60 @@ async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_le
         "B's registry was reloaded"
     );
 }
+
+async fn send(plugin: &Arc<ImPlugin>, from: &'static str, group: &str, cmid: &str) -> bool {
+    let sent = crate::ops::send::start(
+        plugin,
+        &link(from),
+        SendRequest {
+            to: group.to_string(),
+            client_msg_id: cmid.into(),
+            text: Some(cmid.into()),
+            ..SendRequest::default()
+        },
+    )
+    .await;
+    matches!(sent, Ok(reply::Result::Sent(_)))
+}
+
+/// A node that does not know a group yet (created on another node after it started), or does
+/// not know a member yet (added there), looks at the store before refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_learns_of_groups_and_members_made_on_another_node() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let b = node(2, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "team".into(),
+            members: vec!["pia".into()],
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    assert!(send(&b, "pia", &group, "p1").await, "a group created on A");
+    crate::ops::group_admin::add(
+        &a,
+        &link("olga"),
+        mqim_schemas::v1::GroupAddRequest {
+            group: group.clone(),
+            members: vec!["zed".into()],
+        },
+    )
+    .await
+    .expect("add");
+    assert!(send(&b, "zed", &group, "z1").await, "a member added on A");
+    assert!(
+        !send(&b, "mallory", &group, "m1").await,
+        "a non-member is still refused"
+    );
+}

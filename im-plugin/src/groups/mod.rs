@@ -118,6 +118,14 @@ impl Registry {
             .insert(id.to_string(), Entry::Ready(record));
     }
 
+    /// The membership version of this node's copy of `id` (`None`: not loaded here).
+    pub(crate) fn version_of(&self, id: &str) -> Option<u64> {
+        match self.groups.lock().get(id) {
+            Some(Entry::Ready(g)) => Some(g.meta.version_id),
+            _ => None,
+        }
+    }
+
     /// Reloads `id` from the store now (the store found this node's copy stale: another node
     /// changed the group). UNAVAILABLE if the store cannot be read.
     pub(crate) async fn refresh(&self, store: &Arc<dyn Store>, id: &str) -> Result<(), ImError> {

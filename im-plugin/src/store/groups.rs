@@ -300,6 +300,18 @@ pub trait GroupStore: Send + Sync + 'static {
         Err(unsupported())
     }
 
+    /// Whether other nodes change this store's groups too (a split store: its log may be
+    /// shared), so that a node's in-memory copy of a group may be behind the store.
+    fn groups_shared(&self) -> bool {
+        false
+    }
+
+    /// The stored membership version of `group` ([`GroupMeta::version_id`] of its meta row),
+    /// `None` if there is no such group. Cheap: no member is read.
+    async fn group_version(&self, group: &str) -> StoreResult<Option<u64>> {
+        Ok(self.load_group(group).await?.map(|g| g.meta.version_id))
+    }
+
     /// The groups `user` is a member of, with their `large` flag.
     async fn user_groups(&self, _user: &str) -> StoreResult<Vec<(String, bool)>> {
         Err(unsupported())

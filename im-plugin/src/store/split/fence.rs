@@ -22,7 +22,9 @@
 //!   version from the log's meta, as the counter from the log's highest seq. A change another
 //!   node may still be writing is not in the log yet: on a shared log the rebuilt version holds
 //!   every entry of the group back for the write deadline plus [`HOLD_MARGIN`], after which no
-//!   write allocated before the rebuild can land (the log refuses writes past their deadline).
+//!   write allocated before the rebuild can land (the log refuses writes past their deadline);
+//!   so after a Redis data loss, each group's first entries on `redis+scylla` wait (or get
+//!   UNAVAILABLE) for about 5.5 s. A group whose log is empty (a new one) is not held.
 //! - A version Redis has that the log never gets (the change's node died, its write failed) must
 //!   not fence the group forever. When an entry is refused, [`reconcile`] compares: if the log's
 //!   latest change is newer than Redis's, Redis is raised to it (it lost it); if Redis names a
@@ -85,8 +87,9 @@ impl Shared {
             (Some(group), Some(log)) => version_of(log.group_meta(group).await?),
             _ => (0, 0),
         };
-        let hold_until = match self.log.single_writer() {
-            // Every write of this log is this node's, and the rebuild waited for them.
+        // No hold when every write of this log is this node's (the rebuild waited for them),
+        // nor for a group whose log is empty (a new one: no other node knows its id yet).
+        let hold_until = match self.log.single_writer() || floor == 0 {
             true => 0,
             false => crate::now_ms() + ms(self.opts.write_deadline + HOLD_MARGIN),
         };

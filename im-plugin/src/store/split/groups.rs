@@ -373,6 +373,15 @@ impl GroupStore for SplitStore {
         self.shared.group_log()?.load_group(group).await
     }
 
+    fn groups_shared(&self) -> bool {
+        self.has_groups()
+    }
+
+    async fn group_version(&self, group: &str) -> StoreResult<Option<u64>> {
+        let meta = self.shared.group_log()?.group_meta(group).await?;
+        Ok(meta.map(|m| m.version_id))
+    }
+
     async fn user_groups(&self, user: &str) -> StoreResult<Vec<(String, bool)>> {
         self.shared.group_log()?.user_groups(user).await
     }
