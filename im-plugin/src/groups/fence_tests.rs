@@ -207,3 +207,67 @@ async fn a_node_learns_of_groups_and_members_made_on_another_node() {
         "a non-member is still refused"
     );
 }
+
+/// A member removed on node A reads nothing more of a large group through node B, whose copy
+/// of the group still lists them: B looks at the stored version before answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_cannot_read_a_large_group_through_a_stale_node() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "town".into(),
+            members: vec!["pia".into(), "rex".into()],
+            large: true,
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    let b = node(2, &redis, &log, &dir).await;
+    crate::ops::group_admin::remove(
+        &a,
+        &link("olga"),
+        GroupRemoveRequest {
+            group: group.clone(),
+            members: vec!["rex".into()],
+        },
+    )
+    .await
+    .expect("remove");
+    assert!(send(&a, "olga", &group, "secret").await);
+    let sync = crate::ops::group_query::group_sync(
+        &b,
+        &link("rex"),
+        mqim_schemas::v1::GroupSyncRequest {
+            group: group.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(&sync, Err(e) if e.code == mqim_schemas::v1::ErrorCode::PermissionDenied),
+        "rex read the group's log through B: {sync:?}"
+    );
+    let history = crate::ops::history::start(
+        &b,
+        &link("rex"),
+        mqim_schemas::v1::HistoryRequest {
+            conversation: group.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        history.is_err(),
+        "rex read the history through B: {history:?}"
+    );
+}

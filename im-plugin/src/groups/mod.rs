@@ -99,6 +99,26 @@ impl Registry {
         Ok(g)
     }
 
+    /// [`Registry::for_member`], after making sure this node's copy of `id` is the store's
+    /// when other nodes change groups too (the store's version is read: one cheap read), so a
+    /// member removed on another node reads nothing more through this one. For reads; writes
+    /// are checked by the store itself (`commit`).
+    pub async fn for_member_current(
+        &self,
+        store: &Arc<dyn Store>,
+        id: &str,
+        user: &str,
+    ) -> Result<Arc<GroupRecord>, ImError> {
+        self.check_enabled()?;
+        if store.groups_shared() {
+            let stored = store.group_version(id).await.map_err(ImError::from)?;
+            if stored.is_some() && stored != self.version_of(id) {
+                self.refresh(store, id).await?;
+            }
+        }
+        self.for_member(id, user)
+    }
+
     /// The entry that added `users` to `id` landed at group seq `seq`: their view starts there.
     pub(crate) fn joined_at_seq(&self, id: &str, users: &[String], seq: u64) {
         let mut groups = self.groups.lock();
