@@ -11,7 +11,8 @@
 use futures::TryStreamExt as _;
 use mqim_schemas::v1::Message;
 
-use super::groups::{from_json, GroupStatements, GROUP_HISTORY_PEER};
+use super::groups::{from_json, GROUP_HISTORY_PEER};
+use super::schema::GroupStatements;
 use super::*;
 use crate::store::groups::{log_owner, GroupMeta, GroupRecord, GroupStore, LargeGroupView, Member};
 use crate::store::log::GroupLog;
@@ -19,6 +20,9 @@ use crate::store::StreamPage;
 
 /// Partitions of `group_msgs` counted at most for one unread count.
 const UNREAD_BUCKETS: i64 = 16;
+/// How far (ms) below a member's join msgid their history is looked for (clock skew between
+/// nodes).
+const JOIN_SKEW_MS: u64 = 10_000;
 
 impl Inner {
     /// `user`'s read position in `grp`: (group seq, msgid) of the message it is at.
@@ -173,14 +177,20 @@ impl Inner {
             Some(before) => before - 1,
             None => u64::MAX,
         };
-        self.history_rows(
-            &log_owner(grp),
-            GROUP_HISTORY_PEER,
-            upper,
-            member.joined_msg_id,
-            limit,
-        )
-        .await
+        // Msgids of different nodes are ordered only as far as their clocks agree: look a
+        // little below the join's msgid, and keep what comes after the join in the group's log.
+        let since = member
+            .joined_msg_id
+            .saturating_sub(JOIN_SKEW_MS << MSGID_MS_SHIFT);
+        let mut page = self
+            .history_rows(&log_owner(grp), GROUP_HISTORY_PEER, upper, since, limit)
+            .await?;
+        let before = page.messages.len();
+        page.messages.retain(|m| m.group_seq > member.joined_seq);
+        if page.messages.len() < before {
+            page.has_more = false; // what was left out is older than the join, and so is the rest
+        }
+        Ok(page)
     }
 
     pub(super) async fn group_meta(&self, grp: &str) -> StoreResult<Option<GroupMeta>> {
@@ -369,7 +379,9 @@ impl GroupLog for ScyllaLog {
         deadline: Instant,
     ) -> BoxFuture<'static, LogResult<GroupReadOutcome>> {
         let (user, group) = (user.to_string(), group.to_string());
-        let users = vec![user.clone(), log_owner(&group)];
+        // Not the group's log: reads of many members must not queue behind each other (the
+        // position is raised with an LWT, so racing reads are safe).
+        let users = vec![user.clone()];
         flatten(self.enqueue(users, move |inner| {
             async move {
                 Ok(inner

@@ -684,7 +684,7 @@ struct Statements {
     max_msg_ids: PreparedStatement,
     raise_cursor: PreparedStatement,
     create_cursor: PreparedStatement,
-    groups: groups::GroupStatements,
+    groups: schema::GroupStatements,
     extras: extras::ExtrasStatements,
 }
 

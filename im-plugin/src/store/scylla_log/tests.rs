@@ -392,3 +392,32 @@ async fn blocks_and_presence_settings_survive_a_reopen() {
     assert_eq!(hidden, ["carol"]);
     log.drop_test_keyspace().await;
 }
+
+#[test]
+fn a_group_job_touches_its_log_its_copies_and_its_sender() {
+    use crate::store::groups::{Copy, GroupAppend, GroupEntry, GroupMessage};
+    let entry = GroupAppend {
+        group: "7".into(),
+        msg_id: 1,
+        ts: 1,
+        large: true,
+        entry: GroupEntry::Message(GroupMessage {
+            from: "olga".into(),
+            client_msg_id: "c".into(),
+            text: None,
+            body: None,
+            kind: None,
+            mentions: vec!["pia".into()],
+            mention_all: false,
+        }),
+        copies: vec![Copy {
+            owner: "pia".into(),
+            recent: false,
+            unread: false,
+            mention: true,
+        }],
+        basis: 0,
+        membership: None,
+    };
+    assert_eq!(groups::group_job_users(&entry), ["#g:7", "pia", "olga"]);
+}
