@@ -17,7 +17,7 @@ use crate::config::{AuthConfig, ImConfig};
 use crate::presence::DeviceLink;
 use crate::store::lsm::LsmStore;
 use crate::store::redis_index::{RedisConfig, RedisIndex};
-use crate::store::split::{SplitOptions, SplitStore};
+use crate::store::split::{LogClaim, NodeClaims, SplitOptions, SplitStore};
 use crate::store::Store;
 use crate::testing::RedisServer;
 use crate::ImPlugin;
@@ -49,11 +49,19 @@ async fn node(id: u16, redis: &RedisServer, log: &Arc<LsmStore>, dir: &TempDir) 
         timeout_ms: 1000,
     };
     let index = RedisIndex::connect(&cfg, 3600).await.expect("Redis");
+    // Claimed as a `redis+scylla` node claims: its node id, and the log as shared.
     let opts = SplitOptions {
         node_id: id,
+        claims: Some(NodeClaims {
+            identity: format!("node-{id}"),
+            log: LogClaim::Shared,
+        }),
         ..SplitOptions::default()
     };
-    let store: Arc<dyn Store> = Arc::new(SplitStore::new(index, log.clone(), opts));
+    let split = SplitStore::open(index, log.clone(), opts)
+        .await
+        .expect("claims");
+    let store: Arc<dyn Store> = Arc::new(split);
     let im = ImConfig {
         node_id: id,
         ..ImConfig::default()

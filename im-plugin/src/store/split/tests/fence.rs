@@ -1,8 +1,8 @@
 //! The membership fence (`split/fence.rs`) with two nodes: two split stores on one real
 //! `redis-server` (same key prefix) over one shared log. The shared log is one embedded
 //! [`LsmStore`] in log mode behind an `Arc`, standing in for the ScyllaDB log every
-//! `redis+scylla` node shares (no node claims are taken: `SplitOptions::claims` is `None`, as
-//! `LogClaim::Shared` would allow). The entries are built as `groups/commit.rs` builds them:
+//! `redis+scylla` node shares; each node takes its claims at start as a `redis+scylla` node
+//! does (its own node id, the log as `LogClaim::Shared`). The entries are built as `groups/commit.rs` builds them:
 //! each names the version (msgid of the latest change) of the record it was planned from, and
 //! a change's meta carries its own msgid as the new version.
 
@@ -11,8 +11,11 @@ use mqim_schemas::v1::GroupChange;
 use super::*;
 use crate::store::groups::{
     is_stale_membership, Copy, GroupAppend, GroupEntry, GroupMessage, GroupMeta, GroupOutcome,
-    GroupRecord, GroupStore, MemberWrite, MembershipWrite, Role,
+    GroupReadOutcome, GroupRecord, GroupStore, LargeGroupView, MemberWrite, MembershipWrite, Role,
 };
+use crate::store::log::{GroupLog, GroupSeqs};
+use crate::store::split::{LogClaim, NodeClaims};
+use crate::store::StreamPage;
 
 struct Nodes {
     a: SplitStore,
@@ -37,9 +40,15 @@ async fn two_nodes() -> Nodes {
             let index = RedisIndex::connect(&cfg, 3600).await.expect("Redis");
             let opts = SplitOptions {
                 node_id: id,
+                claims: Some(NodeClaims {
+                    identity: format!("node-{id}"),
+                    log: LogClaim::Shared,
+                }),
                 ..SplitOptions::default()
             };
-            SplitStore::new(index, log, opts)
+            SplitStore::open(index, log, opts)
+                .await
+                .expect("both nodes claim the log as shared")
         }
     };
     Nodes {
@@ -295,4 +304,173 @@ async fn a_version_whose_change_never_lands_is_settled() {
         [(1, "group"), (2, "gap"), (3, "message")],
         "the lost change's seq is a gap"
     );
+}
+
+/// The embedded log as a log several processes write (as ScyllaDB is): it says it is not the
+/// only writer, so the split store treats holes and a rebuilt membership version as it does
+/// over ScyllaDB.
+struct SharedLog(Arc<LsmStore>);
+
+#[async_trait]
+impl MessageLog for SharedLog {
+    fn log_message(
+        &self,
+        msg: NewMessage,
+        seqs: MessageSeqs,
+        deadline: Instant,
+    ) -> BoxFuture<'static, LogResult<SendOutcome>> {
+        self.0.log_message(msg, seqs, deadline)
+    }
+    fn log_gaps(&self, g: Vec<(String, u64)>, d: Instant) -> BoxFuture<'static, StoreResult<()>> {
+        self.0.log_gaps(g, d)
+    }
+    fn log_receipts(&self, r: ReceiptWrite, d: Instant) -> BoxFuture<'static, LogResult<bool>> {
+        self.0.log_receipts(r, d)
+    }
+    async fn read_pointer(&self, u: &str, c: &str) -> StoreResult<u64> {
+        self.0.read_pointer(u, c).await
+    }
+    async fn read_events(&self, u: &str, a: u64, l: usize) -> StoreResult<Vec<Event>> {
+        self.0.read_events(u, a, l).await
+    }
+    async fn max_seq(&self, u: &str) -> StoreResult<u64> {
+        MessageLog::max_seq(self.0.as_ref(), u).await
+    }
+    async fn max_msg_id(&self) -> StoreResult<u64> {
+        MessageLog::max_msg_id(self.0.as_ref()).await
+    }
+    async fn history(
+        &self,
+        u: &str,
+        c: &str,
+        b: Option<u64>,
+        l: usize,
+    ) -> StoreResult<HistoryPage> {
+        MessageLog::history(self.0.as_ref(), u, c, b, l).await
+    }
+    async fn advance_cursor(&self, u: &str, d: &str, s: u64) -> StoreResult<u64> {
+        MessageLog::advance_cursor(self.0.as_ref(), u, d, s).await
+    }
+    async fn purge_dedup(&self, t: i64) -> StoreResult<usize> {
+        MessageLog::purge_dedup(self.0.as_ref(), t).await
+    }
+    fn groups(&self) -> Option<&dyn GroupLog> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl GroupStore for SharedLog {
+    fn has_groups(&self) -> bool {
+        true
+    }
+    async fn group_ids(&self) -> StoreResult<Vec<String>> {
+        self.0.group_ids().await
+    }
+    async fn load_group(&self, g: &str) -> StoreResult<Option<GroupRecord>> {
+        self.0.load_group(g).await
+    }
+    async fn user_groups(&self, u: &str) -> StoreResult<Vec<(String, bool)>> {
+        self.0.user_groups(u).await
+    }
+    async fn large_group_view(&self, u: &str, g: &str) -> StoreResult<LargeGroupView> {
+        self.0.large_group_view(u, g).await
+    }
+    async fn group_log(&self, g: &str, a: u64, l: usize) -> StoreResult<StreamPage> {
+        self.0.group_log(g, a, l).await
+    }
+    async fn group_history(
+        &self,
+        g: &str,
+        b: Option<u64>,
+        s: u64,
+        l: usize,
+    ) -> StoreResult<HistoryPage> {
+        self.0.group_history(g, b, s, l).await
+    }
+}
+
+#[async_trait]
+impl GroupLog for SharedLog {
+    fn log_group(
+        &self,
+        e: GroupAppend,
+        s: GroupSeqs,
+        d: Instant,
+    ) -> BoxFuture<'static, LogResult<GroupOutcome>> {
+        self.0.log_group(e, s, d)
+    }
+    fn log_group_read(
+        &self,
+        u: &str,
+        g: &str,
+        up_to: u64,
+        own: u64,
+        d: Instant,
+    ) -> BoxFuture<'static, LogResult<GroupReadOutcome>> {
+        self.0.log_group_read(u, g, up_to, own, d)
+    }
+    async fn mentioned(&self, u: &str, c: &str) -> StoreResult<bool> {
+        self.0.mentioned(u, c).await
+    }
+    async fn read_position(&self, u: &str, g: &str) -> StoreResult<(u64, u64)> {
+        self.0.read_position(u, g).await
+    }
+    async fn is_large(&self, g: &str) -> StoreResult<Option<bool>> {
+        self.0.is_large(g).await
+    }
+    async fn group_meta(&self, g: &str) -> StoreResult<Option<GroupMeta>> {
+        self.0.group_meta(g).await
+    }
+}
+
+/// On a log other processes write too, a membership version rebuilt after Redis lost its data
+/// holds the group's entries back for the write deadline (a change another node allocated
+/// before the loss may still land), then lets them through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_data_a_shared_log_holds_group_entries_for_the_write_deadline() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(SharedLog(Arc::new(
+        LsmStore::open(dir.path()).expect("open log"),
+    )));
+    let cfg = RedisConfig {
+        url: redis.url(),
+        key_prefix: "held".into(),
+        timeout_ms: 1000,
+    };
+    let index = RedisIndex::connect(&cfg, 3600).await.expect("Redis");
+    let opts = SplitOptions {
+        write_deadline: Duration::from_millis(300),
+        gap_settle: Duration::from_millis(900),
+        ..SplitOptions::default()
+    };
+    let store = SplitStore::new(index, log, opts);
+    fresh(&store, create(BASE)).await;
+    let current = record(&store).await;
+    fresh(&store, message_from(&current, BASE + 1, "m1")).await;
+    assert_eq!(redis.command(&["FLUSHALL"]), "+OK");
+
+    let started = Instant::now();
+    let held = store
+        .append_group(message_from(&current, BASE + 2, "m2"))
+        .await;
+    assert!(
+        matches!(&held, Err(e) if is_stale_membership(e)),
+        "right after the rebuild: {held:?}"
+    );
+    let mut sent = None;
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(GroupOutcome::Fresh(a)) = store
+            .append_group(message_from(&current, BASE + 2, "m2"))
+            .await
+        {
+            sent = Some((started.elapsed(), a.log_event.seq));
+            break;
+        }
+    }
+    let (after, seq) = sent.expect("entries go on after the hold");
+    assert!(after >= Duration::from_millis(700), "held for {after:?}");
+    assert_eq!(seq, 3, "the held attempts spent no group seq");
 }
