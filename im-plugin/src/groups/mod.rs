@@ -10,7 +10,11 @@
 //!
 //! The store keeps the truth ([`crate::store::groups`]); the registry is a view of it that the
 //! order lock keeps in step with the order of writes. If a change fails to commit, the group is
-//! reloaded from the store before it serves again.
+//! reloaded from the store before it serves again. With several nodes on one store, another
+//! node's changes make this view stale: each record carries the membership version it
+//! reflects ([`crate::store::groups::GroupMeta::version_id`]), the store refuses entries
+//! planned from an old one (`commit` then reloads and plans again), and group reads check it
+//! first ([`Registry::for_member_current`]).
 
 pub mod commit;
 #[cfg(test)]

@@ -55,9 +55,12 @@
 //!
 //! Groups: see `groups.rs`; an entry is allocated, logged and indexed like a message with N
 //! copies, and the group's log is a stream of its own whose counter is rebuilt like a user's.
+//! With several nodes on one log, each entry's allocation also checks the group's membership
+//! version (`fence.rs`), so no node writes an entry planned from members another node changed.
 //!
 //! Files: `pipeline.rs` (the allocation pipeline, dispatch of log writes, retries), `groups.rs`
 //! (group entries and reads, the [`crate::store::groups::GroupStore`] of the split store),
+//! `fence.rs` (the membership fence: its version in Redis, rebuilt from the log, settled),
 //! `fresh.rs` (which users are checked against the log, rebuilds), `stream.rs` (reading a stream
 //! with its holes), `claims.rs` (node id and log claims, node liveness, presence), `tests/`.
 
