@@ -221,15 +221,19 @@ impl Inner {
         )))
     }
 
-    /// Whether the entry recorded in `original` is at its group seq in the group's log: the
-    /// message with its msgid, or (a creation) the `created` change with its clientMsgId.
+    /// Whether the entry recorded in `original` is at its group seq in its group's log: the
+    /// message with its msgid, or (a creation) the `created` change with its clientMsgId. The
+    /// group is the record's (a retried creation plans a new group id).
     async fn group_original_landed(
         &self,
         entry: &GroupAppend,
         key: &DedupKey,
         original: &SentRecord,
     ) -> StoreResult<bool> {
-        let owner = log_owner(&entry.group);
+        let owner = match Conversation::parse(&original.conversation) {
+            Some(Conversation::Group(group)) => log_owner(&group),
+            _ => log_owner(&entry.group),
+        };
         let seq = to_i64(original.group_seq, "recorded group seq")?;
         let rows = self
             .select::<(Vec<u8>,)>(
@@ -385,15 +389,16 @@ impl Inner {
                     (c.owner.clone(), conversation.clone(), msg_id),
                 );
             }
-            batch.push(
-                &self.stmts.raise_max_msg_id,
-                (
-                    max_msg_id_timestamp(entry.msg_id),
-                    msg_id,
-                    msg_id_slot(entry.msg_id),
-                ),
-            );
         }
+        // Every entry's msgid, changes' too: a restarted node's msgids continue above it.
+        batch.push(
+            &self.stmts.raise_max_msg_id,
+            (
+                max_msg_id_timestamp(entry.msg_id),
+                msg_id,
+                msg_id_slot(entry.msg_id),
+            ),
+        );
         if let Some(w) = &entry.membership {
             let meta = GroupMeta {
                 version_seq: seqs.group_seq,
