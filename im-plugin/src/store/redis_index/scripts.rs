@@ -161,8 +161,9 @@ return {'ok'}
 /// cache key; ARGV 1 run_id, 2 purge horizon), and the group log's hash keeps the group's
 /// membership version: `mid` (msgid of its latest change), `mseq` (its group seq), `mat` (when
 /// it was set, Unix ms), `mhold` (entries wait until then after the version was rebuilt).
-/// ARGV: 3 the version the entry was planned from, 4 a change's own msgid ('' for a message),
-/// 5 now (Unix ms). A missing `mid` is version 0.
+/// ARGV: 3 the version the entry was planned from, 4 a change's own version ('' for a
+/// message), 5 now (Unix ms). A missing `mid` is version 0. A change whose own version is set
+/// already passes: an earlier attempt of the same change set it (its seqs are abandoned).
 /// Returns {'dup', record} | {'stale', i} | {'fenced', mid, mseq, mat, mhold} | {'ok', seq...}.
 pub(super) const GROUP_ALLOC_LUA: &str = r"
 local d = redis.call('GET', KEYS[#KEYS])
@@ -174,7 +175,8 @@ for i = 1, #KEYS - 1 do
 end
 local v = redis.call('HMGET', KEYS[1], 'mid', 'mseq', 'mat', 'mhold')
 local mid, hold = v[1] or '0', tonumber(v[4] or '0')
-if mid ~= ARGV[3] or tonumber(ARGV[5]) < hold then
+local planned = mid == ARGV[3] or (ARGV[4] ~= '' and mid == ARGV[4])
+if not planned or tonumber(ARGV[5]) < hold then
   return {'fenced', mid, v[2] or '0', v[3] or '0', v[4] or '0'}
 end
 local out = {'ok'}
