@@ -26,7 +26,8 @@
 //!   so after a Redis data loss, each group's first entries on `redis+scylla` wait (or get
 //!   UNAVAILABLE) for about 5.5 s. A group whose log is empty (a new one) is not held.
 //! - A version Redis has that the log never gets (the change's node died, its write failed) must
-//!   not fence the group forever. When an entry is refused, [`reconcile`] compares: if the log's
+//!   not fence the group forever (a change whose own version Redis has already passes: an
+//!   earlier attempt of it set it). When an entry is refused, [`reconcile`] compares: if the log's
 //!   latest change is newer than Redis's, Redis is raised to it (it lost it); if Redis names a
 //!   change the log does not hold, once that change could no longer land ([`SplitOptions`]'s
 //!   `gap_settle` after it was set) a gap is claimed at its group seq (so it never can), and
@@ -35,10 +36,16 @@
 //!   refused for a conflict (nothing of it applied) gives its version back at once
 //!   ([`release_change`]), so its own retry is not fenced.
 //!
-//! Residual risk: a change allocated before Redis lost its data and landing after the rebuild's
-//! hold (a ScyllaDB coordinator applying a write the node gave up on, up to ScyllaDB's write
-//! timeout later) is raised into Redis only when the next entry is refused; an entry planned
-//! from the older membership in between passes the fence.
+//! Residual risks: a change allocated before Redis lost its data and landing after the
+//! rebuild's hold (a ScyllaDB coordinator applying a write the node gave up on, up to
+//! ScyllaDB's write timeout later) is raised into Redis only when the next entry is refused; an
+//! entry planned from the older membership in between passes the fence. A change that failed
+//! after its allocation set the version (a log outage on a shared log, a Redis answer lost)
+//! fences the group's other entries until it can no longer land (`gap_settle`, 15 s); on the
+//! embedded log a refused write gives its version back at once. The log's meta row and member
+//! rows are the truth a reload reads: on ScyllaDB they land in the entry's logged batch, so a
+//! batch replayed late (its coordinator died) can apply a change whose stream rows were undone.
+//! Timestamps (`mat`, holds) are node wall clocks: skew shortens or lengthens the waits.
 //!
 //! [`SplitOptions`]: super::SplitOptions
 
