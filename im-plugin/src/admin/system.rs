@@ -161,6 +161,7 @@ impl ImPlugin {
                     large: g.meta.large,
                     entry: GroupEntry::Message(message),
                     copies,
+                    basis: 0,
                     membership: None,
                 },
                 after: None,

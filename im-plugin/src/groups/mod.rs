@@ -10,9 +10,15 @@
 //!
 //! The store keeps the truth ([`crate::store::groups`]); the registry is a view of it that the
 //! order lock keeps in step with the order of writes. If a change fails to commit, the group is
-//! reloaded from the store before it serves again.
+//! reloaded from the store before it serves again. With several nodes on one store, another
+//! node's changes make this view stale: each record carries the membership version it
+//! reflects ([`crate::store::groups::GroupMeta::version_id`]), the store refuses entries
+//! planned from an old one (`commit` then reloads and plans again), and group reads check it
+//! first ([`Registry::for_member_current`]).
 
 pub mod commit;
+#[cfg(test)]
+mod fence_tests;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -65,8 +71,7 @@ impl Registry {
         if !self.enabled {
             return Err(ImError::new(
                 ErrorCode::FailedPrecondition,
-                "groups need the embedded or the redis+embedded store in this release \
-                 (not yet redis+scylla)",
+                "this store keeps no groups",
             ));
         }
         Ok(())
@@ -98,6 +103,26 @@ impl Registry {
         Ok(g)
     }
 
+    /// [`Registry::for_member`], after making sure this node's copy of `id` is the store's
+    /// when other nodes change groups too (the store's version is read: one cheap read), so a
+    /// member removed on another node reads nothing more through this one. For reads; writes
+    /// are checked by the store itself (`commit`).
+    pub async fn for_member_current(
+        &self,
+        store: &Arc<dyn Store>,
+        id: &str,
+        user: &str,
+    ) -> Result<Arc<GroupRecord>, ImError> {
+        self.check_enabled()?;
+        if store.groups_shared() {
+            let stored = store.group_version(id).await.map_err(ImError::from)?;
+            if stored.is_some() && stored != self.version_of(id) {
+                self.refresh(store, id).await?;
+            }
+        }
+        self.for_member(id, user)
+    }
+
     /// The entry that added `users` to `id` landed at group seq `seq`: their view starts there.
     pub(crate) fn joined_at_seq(&self, id: &str, users: &[String], seq: u64) {
         let mut groups = self.groups.lock();
@@ -115,6 +140,26 @@ impl Registry {
         self.groups
             .lock()
             .insert(id.to_string(), Entry::Ready(record));
+    }
+
+    /// The membership version of this node's copy of `id` (`None`: not loaded here).
+    pub(crate) fn version_of(&self, id: &str) -> Option<u64> {
+        match self.groups.lock().get(id) {
+            Some(Entry::Ready(g)) => Some(g.meta.version_id),
+            _ => None,
+        }
+    }
+
+    /// Reloads `id` from the store now (the store found this node's copy stale: another node
+    /// changed the group). UNAVAILABLE if the store cannot be read.
+    pub(crate) async fn refresh(&self, store: &Arc<dyn Store>, id: &str) -> Result<(), ImError> {
+        match store.load_group(id).await.map_err(ImError::from)? {
+            Some(record) => self.set(id, Arc::new(record)),
+            None => {
+                self.groups.lock().remove(id);
+            }
+        }
+        Ok(())
     }
 
     /// A change of `id` failed to commit: serve it again only once reloaded from the store.

@@ -102,6 +102,8 @@ mod tests {
                 created_at: 0,
                 disbanded: false,
                 member_count: 4,
+                version_id: 0,
+                version_seq: 0,
             },
             members: [
                 ("olga".to_string(), member(Role::Owner)),

@@ -73,7 +73,11 @@ fn run<R, A>(
     reply: A,
 ) -> OpFuture
 where
-    R: FnOnce(Option<&GroupRecord>, &str, u64, i64) -> Result<Change, ImError> + Send + 'static,
+    // Clone: a rule runs again if another node changed the group meanwhile (`commit`).
+    R: FnOnce(Option<&GroupRecord>, &str, u64, i64) -> Result<Change, ImError>
+        + Clone
+        + Send
+        + 'static,
     A: FnOnce(GroupInfo) -> reply::Result + Send + 'static,
 {
     let actor = link.user().to_string();
@@ -87,7 +91,7 @@ where
         plugin,
         target.as_deref(),
         link.conn_id(),
-        |before, msg_id, ts| {
+        move |before, msg_id, ts| {
             let c = rule(before.as_deref(), &actor, msg_id, ts)?;
             let id = group.unwrap_or_else(|| msg_id.to_string());
             let large = c.after.meta.large;
@@ -136,6 +140,7 @@ where
                     large,
                     entry: GroupEntry::Change(change),
                     copies,
+                    basis: 0,
                     membership: Some(MembershipWrite {
                         meta: after.meta.clone(),
                         upserts: c.upserts,
@@ -270,6 +275,8 @@ pub fn create(
                 created_at: ts,
                 disbanded: false,
                 member_count: 0,
+                version_id: 0,
+                version_seq: 0,
             },
             members: Default::default(),
         };

@@ -29,14 +29,31 @@ pub fn group_info(
     link: &Arc<dyn DeviceLink>,
     req: GroupInfoRequest,
 ) -> OpFuture {
-    ready(parse_group(&req.group).and_then(|id| {
-        let g = plugin.groups.for_member(&id, link.user())?;
-        let role = g.members[link.user()].role.as_str().to_string();
+    let (plugin, user) = (plugin.clone(), link.user().to_string());
+    async move {
+        let id = parse_group(&req.group)?;
+        let g = member(&plugin, &id, &user).await?;
+        let role = g.members[&user].role.as_str().to_string();
         Ok(reply::Result::GroupInfo(GroupInfoReply {
             group: Some(info(&id, &g)),
             role,
         }))
-    }))
+    }
+    .boxed()
+}
+
+/// The group for a member, as the store has it now (see [`Registry::for_member_current`]).
+///
+/// [`Registry::for_member_current`]: crate::groups::Registry::for_member_current
+async fn member(
+    plugin: &Arc<ImPlugin>,
+    id: &str,
+    user: &str,
+) -> Result<Arc<crate::store::groups::GroupRecord>, ImError> {
+    plugin
+        .groups
+        .for_member_current(&plugin.store, id, user)
+        .await
 }
 
 pub fn group_members(
@@ -51,8 +68,10 @@ pub fn group_members(
             return ready(Err(e));
         }
     };
-    ready(parse_group(&req.group).and_then(|id| {
-        let g = plugin.groups.for_member(&id, link.user())?;
+    let (plugin, user) = (plugin.clone(), link.user().to_string());
+    async move {
+        let id = parse_group(&req.group)?;
+        let g = member(&plugin, &id, &user).await?;
         let after = req.after.unwrap_or_default();
         let mut page = g
             .members
@@ -71,7 +90,8 @@ pub fn group_members(
             members,
             has_more,
         }))
-    }))
+    }
+    .boxed()
 }
 
 pub fn group_sync(
@@ -87,20 +107,15 @@ pub fn group_sync(
         ));
         return ready(Err(e));
     }
-    let checked = parse_group(&req.group)
-        .and_then(|id| plugin.groups.for_member(&id, link.user()).map(|g| (id, g)));
-    let (id, g) = match checked {
-        Ok(v) => v,
-        Err(e) => return ready(Err(e)),
-    };
-    let joined = g.members[link.user()].joined_seq;
-    if joined == 0 {
-        return ready(Err(ImError::unavailable(
-            "your join is being written; retry",
-        )));
-    }
-    let store = plugin.store.clone();
+    let (plugin, user) = (plugin.clone(), link.user().to_string());
     async move {
+        let id = parse_group(&req.group)?;
+        let g = member(&plugin, &id, &user).await?;
+        let joined = g.members[&user].joined_seq;
+        if joined == 0 {
+            return Err(ImError::unavailable("your join is being written; retry"));
+        }
+        let store = plugin.store.clone();
         // A member sees the log from their own join on.
         let after = req.after_group_seq.max(joined - 1);
         let page = store.group_log(&id, after, limit as usize).await?;

@@ -102,6 +102,7 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
                         ..message
                     }),
                     copies,
+                    basis: 0,
                     membership: None,
                 },
                 after: None,

@@ -20,17 +20,20 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: HistoryReq
         Err(e) => return futures::future::ready(Err(e)).boxed(),
     };
     let user = link.user().to_string();
-    // (group, member since) of a large group.
-    let mut large = None;
-    if let Conversation::Group(group) = &conversation {
-        match plugin.groups.for_member(group, &user) {
-            Ok(g) if g.meta.large => large = Some((group.clone(), g.members[&user].joined_msg_id)),
-            Ok(_) => {}
-            Err(e) => return futures::future::ready(Err(e)).boxed(),
-        }
-    }
-    let store = plugin.store.clone();
+    let plugin = plugin.clone();
     async move {
+        let store = plugin.store.clone();
+        // (group, member since) of a large group.
+        let mut large = None;
+        if let Conversation::Group(group) = &conversation {
+            let g = plugin
+                .groups
+                .for_member_current(&store, group, &user)
+                .await?;
+            if g.meta.large {
+                large = Some((group.clone(), g.members[&user].joined_msg_id));
+            }
+        }
         let page = match large {
             Some((group, since)) => {
                 store

@@ -56,6 +56,15 @@ pub struct GroupMeta {
     pub created_at: i64,
     pub disbanded: bool,
     pub member_count: u64,
+    /// The msgid of the group's latest change (its creation included): which membership this
+    /// meta and the member rows written with it reflect. The membership fence compares it
+    /// (`store/split/fence.rs`); set by the IM layer when it plans a change. 0 in groups stored
+    /// before it existed.
+    #[serde(default)]
+    pub version_id: u64,
+    /// The group seq of that change, filled in by the log that writes it (0 until then).
+    #[serde(default)]
+    pub version_seq: u64,
 }
 
 /// One member, as stored.
@@ -136,6 +145,10 @@ pub struct GroupAppend {
     /// Member streams that get the entry (the group's own log always does).
     pub copies: Vec<Copy>,
     pub membership: Option<MembershipWrite>,
+    /// The membership version the entry was planned from ([`GroupMeta::version_id`] of the
+    /// group as the planner saw it; 0 for a creation). A store shared by several nodes
+    /// refuses the entry with [`stale_membership`] when the group's latest change is another.
+    pub basis: u64,
 }
 
 /// Which dedup record an entry has: a message's (sender, clientMsgId); a `groupCreate` given a
@@ -235,6 +248,22 @@ pub struct GroupReadOutcome {
     pub own_receipt: Option<Event>,
 }
 
+/// How a [`stale_membership`] error starts.
+const STALE_MEMBERSHIP: &str = "stale membership: ";
+
+/// The error of a group entry planned from a membership that is not the group's latest
+/// (another node changed the group): nothing was written; reload the group and plan again.
+pub fn stale_membership(group: &str) -> StoreError {
+    StoreError(format!(
+        "{STALE_MEMBERSHIP}group {group} changed since its members were read; reload it"
+    ))
+}
+
+/// Whether `e` is a [`stale_membership`] error.
+pub fn is_stale_membership(e: &StoreError) -> bool {
+    e.0.starts_with(STALE_MEMBERSHIP)
+}
+
 fn unsupported() -> StoreError {
     StoreError::new("groups are not available on this store shape yet (use the embedded store)")
 }
@@ -269,6 +298,18 @@ pub trait GroupStore: Send + Sync + 'static {
     /// The group with all its members; `None` if it never existed.
     async fn load_group(&self, _group: &str) -> StoreResult<Option<GroupRecord>> {
         Err(unsupported())
+    }
+
+    /// Whether other nodes change this store's groups too (a split store: its log may be
+    /// shared), so that a node's in-memory copy of a group may be behind the store.
+    fn groups_shared(&self) -> bool {
+        false
+    }
+
+    /// The stored membership version of `group` ([`GroupMeta::version_id`] of its meta row),
+    /// `None` if there is no such group. Cheap: no member is read.
+    async fn group_version(&self, group: &str) -> StoreResult<Option<u64>> {
+        Ok(self.load_group(group).await?.map(|g| g.meta.version_id))
     }
 
     /// The groups `user` is a member of, with their `large` flag.

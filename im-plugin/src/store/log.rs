@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use mqim_schemas::v1::Event;
 
-use super::groups::{GroupAppend, GroupOutcome, GroupReadOutcome, GroupStore};
+use super::groups::{GroupAppend, GroupMeta, GroupOutcome, GroupReadOutcome, GroupStore};
 use super::{HistoryPage, NewMessage, SendOutcome, StoreError, StoreResult};
 
 /// Why a log write did not happen.
@@ -231,4 +231,10 @@ pub trait GroupLog: GroupStore {
 
     /// Whether `group` is a large one (`None`: no such group). Cheap: no member is read.
     async fn is_large(&self, group: &str) -> StoreResult<Option<bool>>;
+
+    /// The group's meta as last written (`None`: no such group), with the version of its
+    /// latest change. Cheap: no member is read.
+    async fn group_meta(&self, group: &str) -> StoreResult<Option<GroupMeta>> {
+        Ok(self.load_group(group).await?.map(|g| g.meta))
+    }
 }

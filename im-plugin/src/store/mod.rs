@@ -327,7 +327,10 @@ pub async fn open(
         let log = Arc::new(scylla_log::ScyllaLog::connect(&scylla).await?);
         let index = redis_index::RedisIndex::connect(&cfg.redis, dedup_ttl_secs).await?;
         let opts = opts(claims(split::LogClaim::Shared)?);
-        return Ok(Arc::new(split::SplitStore::open(index, log, opts).await?));
+        let split = split::SplitStore::open(index, log.clone(), opts).await?;
+        // Blocks and presence settings live in the ScyllaDB log (`blocks`, `hidden_presence`).
+        split.set_extras_log(log);
+        return Ok(Arc::new(split));
     }
     let mode_file = data_dir.join("store-mode");
     let mode = match cfg.backend {

@@ -19,6 +19,8 @@ pub(super) fn meta(large: bool, member_count: u64) -> GroupMeta {
         created_at: TS0,
         disbanded: false,
         member_count,
+        version_id: 0,
+        version_seq: 0,
     }
 }
 
@@ -61,6 +63,7 @@ pub(super) fn change(
             ..GroupChange::default()
         }),
         copies,
+        basis: 0,
         membership: None,
     }
 }
@@ -112,6 +115,7 @@ pub(crate) fn group_message(
             mention_all: false,
         }),
         copies,
+        basis: 0,
         membership: None,
     }
 }

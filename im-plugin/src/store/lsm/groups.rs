@@ -305,7 +305,11 @@ impl Pending<'_> {
             }
         }
         let meta = match &g.membership {
-            Some(w) => Some(json::<GroupMeta>(&w.meta)?),
+            // The meta says which change it reflects, at its group seq (the fence reads it).
+            Some(w) => Some(json::<GroupMeta>(&GroupMeta {
+                version_seq: group_seq,
+                ..w.meta.clone()
+            })?),
             None => None,
         };
         let sender_read = match message {

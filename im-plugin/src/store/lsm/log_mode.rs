@@ -23,7 +23,7 @@ use super::{
     Output, Pending, Table, META_MAX_MSG_ID,
 };
 use crate::conversation::Conversation;
-use crate::store::groups::{GroupAppend, GroupOutcome, GroupReadOutcome};
+use crate::store::groups::{GroupAppend, GroupMeta, GroupOutcome, GroupReadOutcome};
 use crate::store::log::{
     GroupLog, GroupSeqs, LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite,
 };
@@ -405,6 +405,10 @@ impl GroupLog for LsmStore {
     }
 
     async fn is_large(&self, group: &str) -> StoreResult<Option<bool>> {
+        Ok(self.group_meta(group).await?.map(|m| m.large))
+    }
+
+    async fn group_meta(&self, group: &str) -> StoreResult<Option<GroupMeta>> {
         let group = group.to_owned();
         self.read(move |ks| {
             match ks
@@ -412,10 +416,10 @@ impl GroupLog for LsmStore {
                 .get(group.as_bytes())
                 .map_err(StoreError::new)?
             {
-                Some(v) => Ok(Some(
-                    super::groups::from_json::<crate::store::groups::GroupMeta>(&v, "group meta")?
-                        .large,
-                )),
+                Some(v) => Ok(Some(super::groups::from_json::<GroupMeta>(
+                    &v,
+                    "group meta",
+                )?)),
                 None => Ok(None),
             }
         })

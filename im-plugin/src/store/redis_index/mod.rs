@@ -106,6 +106,8 @@ pub enum AllocRequest {
     Group {
         owners: Vec<String>,
         dedup: Option<(String, String)>,
+        /// A group entry's membership fence (a large group's read has none).
+        fence: Option<GroupFence>,
     },
     /// Mark read up to `up_to`; seqs for the two receipts if anything was unread.
     Read {
@@ -117,6 +119,41 @@ pub enum AllocRequest {
         /// Allocate the receipt seqs even if this read changes nothing in Redis.
         force: bool,
     },
+}
+
+/// What a group entry's allocation checks (and, for a change, sets): the group's membership
+/// version, kept in the hash of the group log's counter (`super::split`'s `fence.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupFence {
+    /// The version (msgid of the latest change) the entry was planned from.
+    pub basis: u64,
+    /// A change: the version it makes (its own msgid).
+    pub sets: Option<u64>,
+    /// Unix ms, recorded with a version set.
+    pub now_ms: i64,
+}
+
+/// A group's membership version as Redis keeps it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FenceState {
+    /// Msgid of the latest change (0: none known).
+    pub version_id: u64,
+    /// Its group seq.
+    pub version_seq: u64,
+    /// When it was set (Unix ms).
+    pub set_at_ms: i64,
+    /// Entries wait until then (Unix ms) after the version was rebuilt from the log.
+    pub hold_until_ms: i64,
+}
+
+/// What [`RedisIndex::fix_fence`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceFix {
+    Fixed,
+    /// The version is not the one read any more (someone changed it meanwhile).
+    Moved,
+    /// The group's keys are stale (rebuild it first).
+    Stale,
 }
 
 /// The answer to one [`AllocRequest`].
@@ -136,6 +173,9 @@ pub enum Allocated {
     /// This user's keys may be stale (Redis restarted or never saw the user): nothing was
     /// changed; rebuild the user from the log and ask again.
     Stale(String),
+    /// A group entry planned from another membership version than the group's: nothing was
+    /// allocated.
+    Fenced(FenceState),
 }
 
 /// One conversation of a user as rebuilt from the log.
@@ -175,6 +215,9 @@ pub struct RedisIndex {
     offline: Script,
     online: Script,
     claim: Script,
+    group_alloc: Script,
+    fence_fix: Script,
+    restore_group: Script,
 }
 
 /// A msgid as a sorted-set member: 20 digits, so bytewise order is numeric order.
@@ -210,6 +253,9 @@ impl RedisIndex {
             offline: Script::new(OFFLINE_LUA),
             online: Script::new(ONLINE_LUA),
             claim: Script::new(CLAIM_LUA),
+            group_alloc: Script::new(GROUP_ALLOC_LUA),
+            fence_fix: Script::new(FENCE_FIX_LUA),
+            restore_group: Script::new(RESTORE_GROUP_LUA),
         };
         index.refresh_run_id().await?;
         Ok(index)
@@ -376,8 +422,15 @@ impl RedisIndex {
                         .arg(dedup_horizon);
                     pipe.invoke_script(&call);
                 }
-                AllocRequest::Group { owners, dedup } => {
-                    let mut call = self.alloc.prepare_invoke();
+                AllocRequest::Group {
+                    owners,
+                    dedup,
+                    fence,
+                } => {
+                    let mut call = match fence {
+                        Some(_) => self.group_alloc.prepare_invoke(),
+                        None => self.alloc.prepare_invoke(),
+                    };
                     for owner in owners {
                         call.key(self.user_key("seq", owner));
                     }
@@ -389,6 +442,11 @@ impl RedisIndex {
                         None => call.key(format!("{}:nodedup", self.prefix)),
                     };
                     call.arg(&rid).arg(dedup_horizon);
+                    if let Some(f) = fence {
+                        call.arg(f.basis.to_string())
+                            .arg(f.sets.map(|id| id.to_string()).unwrap_or_default())
+                            .arg(f.now_ms);
+                    }
                     pipe.invoke_script(&call);
                 }
                 AllocRequest::Read {
@@ -415,7 +473,7 @@ impl RedisIndex {
             }
         }
         let values = self
-            .query_with_scripts(&pipe, &[&self.alloc, &self.read])
+            .query_with_scripts(&pipe, &[&self.alloc, &self.read, &self.group_alloc])
             .await?;
         let Some(answers) = self.verified_answer(values, &rid).await? else {
             return Ok(None);
@@ -545,6 +603,57 @@ impl RedisIndex {
                     |(o, _, _)| o.clone(),
                 )))
             }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Rebuilds a group log's counter (at least `floor`) and its membership version from the
+    /// log's latest change (`version_id`, `version_seq`) under `run_id`; see
+    /// `RESTORE_GROUP_LUA` for when a version Redis has is kept, and `hold_until_ms`. Returns
+    /// the counter.
+    pub async fn restore_group(
+        &self,
+        owner: &str,
+        run_id: &str,
+        floor: u64,
+        version: (u64, u64),
+        hold_until_ms: i64,
+    ) -> StoreResult<u64> {
+        let mut call = self.restore_group.prepare_invoke();
+        call.key(self.user_key("seq", owner))
+            .arg(run_id)
+            .arg(floor)
+            .arg(version.0.to_string())
+            .arg(version.1)
+            .arg(crate::now_ms())
+            .arg(hold_until_ms);
+        call.invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Sets the membership version of the group whose log is `owner` to `to` (msgid, group
+    /// seq) if it is still `from` (the msgid read) under the current run_id.
+    pub async fn fix_fence(&self, owner: &str, from: u64, to: (u64, u64)) -> StoreResult<FenceFix> {
+        let rid = self.run_id();
+        let mut call = self.fence_fix.prepare_invoke();
+        call.key(self.user_key("seq", owner))
+            .arg(&rid)
+            .arg(from.to_string())
+            .arg(to.0.to_string())
+            .arg(to.1)
+            .arg(crate::now_ms());
+        let mut pipe = Self::verified_pipe();
+        pipe.invoke_script(&call);
+        let values = self.query_with_scripts(&pipe, &[&self.fence_fix]).await?;
+        let Some(values) = self.verified_answer(values, &rid).await? else {
+            return Ok(FenceFix::Stale);
+        };
+        let items = array(values.first().unwrap_or(&Value::Nil))?;
+        match text(items.first())?.as_str() {
+            "ok" => Ok(FenceFix::Fixed),
+            "moved" => Ok(FenceFix::Moved),
+            "stale" => Ok(FenceFix::Stale),
             other => Err(unexpected(other)),
         }
     }

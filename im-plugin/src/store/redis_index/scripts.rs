@@ -155,3 +155,65 @@ if v and v ~= ARGV[1] then return {'taken', v} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {'ok'}
 ";
+
+/// Allocates seqs for a group entry behind the membership fence (`store/split/fence.rs`): as
+/// ALLOC (KEYS[1..#KEYS-1] the seq hashes, the group's log first; KEYS[#KEYS] the dedup
+/// cache key; ARGV 1 run_id, 2 purge horizon), and the group log's hash keeps the group's
+/// membership version: `mid` (msgid of its latest change), `mseq` (its group seq), `mat` (when
+/// it was set, Unix ms), `mhold` (entries wait until then after the version was rebuilt).
+/// ARGV: 3 the version the entry was planned from, 4 a change's own version ('' for a
+/// message), 5 now (Unix ms). A missing `mid` is version 0. A change whose own version is set
+/// already passes: an earlier attempt of the same change set it (its seqs are abandoned).
+/// Returns {'dup', record} | {'stale', i} | {'fenced', mid, mseq, mat, mhold} | {'ok', seq...}.
+pub(super) const GROUP_ALLOC_LUA: &str = r"
+local d = redis.call('GET', KEYS[#KEYS])
+if d and tonumber(string.match(d, '^%d+:%d+:(%-?%d+):') or '0') >= tonumber(ARGV[2]) then
+  return {'dup', d}
+end
+for i = 1, #KEYS - 1 do
+  if redis.call('HGET', KEYS[i], 'rid') ~= ARGV[1] then return {'stale', i} end
+end
+local v = redis.call('HMGET', KEYS[1], 'mid', 'mseq', 'mat', 'mhold')
+local mid, hold = v[1] or '0', tonumber(v[4] or '0')
+local planned = mid == ARGV[3] or (ARGV[4] ~= '' and mid == ARGV[4])
+if not planned or tonumber(ARGV[5]) < hold then
+  return {'fenced', mid, v[2] or '0', v[3] or '0', v[4] or '0'}
+end
+local out = {'ok'}
+for i = 1, #KEYS - 1 do out[#out + 1] = redis.call('HINCRBY', KEYS[i], 'n', 1) end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'mid', ARGV[4], 'mseq', out[2], 'mat', ARGV[5])
+end
+return out
+";
+
+/// Replaces a group's membership version, only if it is still the one the caller read.
+/// KEYS: 1 the group log's seq hash. ARGV: 1 run_id, 2 the `mid` read ('0' for none), 3 new
+/// mid, 4 new mseq, 5 now (Unix ms). Returns {'stale'} | {'moved'} | {'ok'}.
+pub(super) const FENCE_FIX_LUA: &str = r"
+if redis.call('HGET', KEYS[1], 'rid') ~= ARGV[1] then return {'stale'} end
+if (redis.call('HGET', KEYS[1], 'mid') or '0') ~= ARGV[2] then return {'moved'} end
+redis.call('HSET', KEYS[1], 'mid', ARGV[3], 'mseq', ARGV[4], 'mat', ARGV[5])
+return {'ok'}
+";
+
+/// Rebuilds a group log's counter (as RESTORE, with no conversations) and its membership
+/// version from the log. KEYS: 1 the seq hash. ARGV: 1 run_id, 2 floor, 3 the log's version
+/// (mid), 4 its group seq, 5 now (Unix ms), 6 hold until (Unix ms). Under the same run_id (a
+/// rebuild after a conflict) the version kept in Redis may be newer than the log's (a change
+/// still being written): it is kept unless the log's is newer. Otherwise (a Redis that lost or
+/// restored the key) the log's is taken, and entries wait until ARGV[6] for changes another node
+/// may still be writing. Returns the counter.
+pub(super) const RESTORE_GROUP_LUA: &str = r"
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local floor = tonumber(ARGV[2])
+if floor > n then n = floor end
+local same = redis.call('HGET', KEYS[1], 'rid') == ARGV[1]
+local mseq = tonumber(redis.call('HGET', KEYS[1], 'mseq') or '0')
+if not same or tonumber(ARGV[4]) > mseq then
+  redis.call('HSET', KEYS[1], 'mid', ARGV[3], 'mseq', ARGV[4], 'mat', ARGV[5])
+end
+if not same then redis.call('HSET', KEYS[1], 'mhold', ARGV[6]) end
+redis.call('HSET', KEYS[1], 'n', n, 'rid', ARGV[1])
+return n
+";

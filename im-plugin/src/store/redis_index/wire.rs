@@ -3,7 +3,7 @@
 
 use redis::Value;
 
-use super::{AllocRequest, Allocated};
+use super::{AllocRequest, Allocated, FenceState};
 use crate::store::{SentRecord, StoreError, StoreResult};
 
 /// `msgid:seq:ts:conversation`, and for a group message `\0` + its group seq (a conversation id
@@ -68,6 +68,19 @@ pub(super) fn parse_allocated(request: &AllocRequest, value: &Value) -> StoreRes
                 .map(|i| seq(items.get(i)))
                 .collect::<StoreResult<Vec<u64>>>()?,
         )),
+        (AllocRequest::Group { .. }, "fenced") => {
+            let number = |i: usize| -> StoreResult<u64> {
+                text(items.get(i))?
+                    .parse()
+                    .map_err(|e| StoreError(format!("corrupt membership version: {e}")))
+            };
+            Ok(Allocated::Fenced(FenceState {
+                version_id: number(1)?,
+                version_seq: number(2)?,
+                set_at_ms: i64::try_from(number(3)?).unwrap_or(i64::MAX),
+                hold_until_ms: i64::try_from(number(4)?).unwrap_or(i64::MAX),
+            }))
+        }
         (AllocRequest::Message { .. } | AllocRequest::Group { .. }, "dup") => {
             Ok(Allocated::Duplicate(decode_sent(&text(items.get(1))?)?))
         }

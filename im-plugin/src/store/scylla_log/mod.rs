@@ -37,6 +37,38 @@
 //!   owner covers (~60 bytes per conversation read; written per `read`, not per message).
 //! - `meta ((name)) -> n`: `schema_version`, so an old binary refuses a newer layout.
 //!
+//! Groups (`groups.rs`, `group_reads.rs`; `g` = group id of ~10 bytes, a group of `m` members).
+//! A group's log is the stream of owner `#g:<g>` in `events`/`event_buckets` (no user id holds
+//! `#`), so it is bucketed, claimed seq by seq, read and resumed (`max_seq`) exactly like a
+//! user's stream, with no table of its own; a small group message is that row plus one
+//! `events` row per member copy (~140 + c each), a large group's that row plus one per mention.
+//! - `history ((#g:<g>, '#', day), msg_id DESC)` and `history_days`: the group's messages, as
+//!   for a pair (~140 + c and ~45 bytes per message). A member's own view of a small group's
+//!   history is this after their join.
+//! - `groups ((grp)) -> meta`: the JSON [`GroupMeta`] (name, owner, large, created, disbanded,
+//!   member count, and the msgid and group seq of the latest change, which the membership
+//!   fence reads). One row per group (~150 bytes), rewritten with every change.
+//! - `group_members ((grp), member_id) -> member`: JSON role and join position (~90 bytes per
+//!   member). Partition bounded by the group's size: 100,000 members (~9 MB) at most.
+//! - `user_groups ((member_id), grp) -> large`: a user's groups (~30 bytes per membership);
+//!   grows with the groups the user is in. Both member tables change only with changes, two
+//!   rows per member added or removed.
+//! - `group_msgs ((grp, bucket), seq) -> msg_id`: the messages among the group's entries
+//!   (~40 bytes per message), counted for a large group's unread; at most 4096 per partition.
+//! - `group_heads ((grp)) -> last_msg_seq, updated_at`: written `USING TIMESTAMP` = the group
+//!   seq, so the latest message wins in any arrival order (~40 bytes per message, one live row).
+//! - `group_reads ((owner), grp) -> seq, msg_id`: a large group member's read position, raised
+//!   with LWTs (`IF seq < ?`; ~50 bytes, written per read and per own large-group message).
+//! - `mentions ((owner), conversation, msg_id)`: unread mentions (~50 bytes per mention),
+//!   removed by a range delete up to what the owner read; grows with unread mentions only.
+//! - `group_dedup ((owner, client_msg_id)) -> msg_id, seq, group_seq, conversation, ts,
+//!   deadline_ms`: like `dedup` (same TTL and LWTs), for group messages (owner = sender) and
+//!   deduped `groupCreate`s (owner = `#create:<creator>`) (~130 bytes per message).
+//!
+//! Extras (`extras.rs`): `blocks ((blocker), blocked) -> ts` (~40 bytes per block),
+//! `hidden_presence ((owner))` (~20 bytes per user hiding presence) and `last_seen ((owner)) ->
+//! ts` (~30 bytes per user, rewritten when their last device goes offline); nothing per message.
+//!
 //! Durable total: ~560 bytes + 3c per message per replica; the logged batch also passes through
 //! the batchlog of two other nodes (written, then deleted).
 //!
@@ -86,9 +118,13 @@
 //!
 //! Files: `schema.rs` (tables, schema version, prepared statements), `writes.rs` (the write
 //! path of `log_message`, and the request helpers: selects, LWTs, batches), `seqs.rs`
-//! (conditional stream rows, gaps, read pointers), `tests.rs`; this file the config, the writer
-//! task and the reads.
+//! (conditional stream rows, gaps, read pointers), `groups.rs` (group writes: entries, read
+//! positions), `group_reads.rs` (the group reads), `extras.rs` (blocks and presence
+//! settings), `tests.rs`; this file the config, the writer task and the reads.
 
+mod extras;
+mod group_reads;
+mod groups;
 mod schema;
 mod seqs;
 mod writes;
@@ -120,13 +156,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::log::{LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite};
-use super::{Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError, StoreResult};
+use super::groups::{GroupAppend, GroupOutcome, GroupReadOutcome};
+use super::log::{GroupLog, GroupSeqs, LogError, LogResult, MessageLog, MessageSeqs, ReceiptWrite};
+use super::{
+    receipt_event, Appended, HistoryPage, NewMessage, SendOutcome, SentRecord, StoreError,
+    StoreResult,
+};
 use crate::conversation::Conversation;
 use crate::msgid::EPOCH_MS;
 
-/// Bump when a table, key or value encoding changes.
-const SCHEMA_VERSION: i64 = 1;
+/// Bump when a table, key or value encoding changes (version 2 added the group and extras
+/// tables; `schema.rs` upgrades a version-1 keyspace).
+const SCHEMA_VERSION: i64 = 2;
 /// `events` partitions hold `1 << EVENT_BUCKET_BITS` seqs.
 const EVENT_BUCKET_BITS: u32 = 12;
 /// A msgid is `ms << 22 | node << 12 | counter` (`crate::msgid`).
@@ -505,7 +546,12 @@ impl MessageLog for ScyllaLog {
         limit: usize,
     ) -> StoreResult<HistoryPage> {
         let mut page = HistoryPage::default();
-        // Only one-to-one conversations exist; anything else has no history.
+        if let Some(Conversation::Group(group)) = Conversation::parse(conversation) {
+            return self
+                .inner
+                .member_group_history(user, &group, before_msg_id, limit)
+                .await;
+        }
         let Some(peer) = Conversation::peer(conversation) else {
             return Ok(page);
         };
@@ -609,6 +655,10 @@ impl MessageLog for ScyllaLog {
     async fn purge_dedup(&self, _before_ts_ms: i64) -> StoreResult<usize> {
         Ok(0)
     }
+
+    fn groups(&self) -> Option<&dyn GroupLog> {
+        Some(self)
+    }
 }
 
 /// The prepared statements, all at LOCAL_QUORUM (LWTs: LOCAL_SERIAL).
@@ -635,6 +685,8 @@ struct Statements {
     max_msg_ids: PreparedStatement,
     raise_cursor: PreparedStatement,
     create_cursor: PreparedStatement,
+    groups: schema::GroupStatements,
+    extras: extras::ExtrasStatements,
 }
 
 fn validate(cfg: &ScyllaLogConfig) -> StoreResult<()> {

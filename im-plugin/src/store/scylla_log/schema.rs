@@ -1,5 +1,5 @@
 //! The log's CQL: the keyspace and tables it creates at start-up, the schema version check,
-//! and the prepared statements.
+//! and the prepared statements (those of the group tables in [`GroupStatements`]).
 
 use super::*;
 
@@ -105,6 +105,8 @@ impl Statements {
                 "INSERT INTO {ks}.cursors (owner, device, seq) VALUES (?, ?, ?) IF NOT EXISTS"
             ))
             .await?,
+            groups: GroupStatements::prepare(session, ks).await?,
+            extras: super::extras::ExtrasStatements::prepare(session, ks).await?,
         })
     }
 }
@@ -151,6 +153,22 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
          PRIMARY KEY (owner, conversation))",
         "max_msg_id (slot int PRIMARY KEY, msg_id bigint)",
         "meta (name text PRIMARY KEY, n bigint)",
+        // Version 2: groups (`groups.rs`) and extras (`extras.rs`).
+        "groups (grp text PRIMARY KEY, meta text)",
+        "group_members (grp text, member_id text, member text, PRIMARY KEY (grp, member_id))",
+        "user_groups (member_id text, grp text, large boolean, PRIMARY KEY (member_id, grp))",
+        "group_msgs (grp text, bucket bigint, seq bigint, msg_id bigint, \
+         PRIMARY KEY ((grp, bucket), seq)) WITH CLUSTERING ORDER BY (seq ASC)",
+        "group_heads (grp text PRIMARY KEY, last_msg_seq bigint, updated_at bigint)",
+        "group_reads (owner text, grp text, seq bigint, msg_id bigint, PRIMARY KEY (owner, grp))",
+        "mentions (owner text, conversation text, msg_id bigint, \
+         PRIMARY KEY (owner, conversation, msg_id))",
+        "group_dedup (owner text, client_msg_id text, msg_id bigint, seq bigint, \
+         group_seq bigint, conversation text, ts bigint, deadline_ms bigint, \
+         PRIMARY KEY ((owner, client_msg_id)))",
+        "blocks (blocker text, blocked text, ts bigint, PRIMARY KEY (blocker, blocked))",
+        "hidden_presence (owner text PRIMARY KEY)",
+        "last_seen (owner text PRIMARY KEY, ts bigint)",
     ];
     for table in tables {
         ddl(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.{table}")).await?;
@@ -168,6 +186,11 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
     let recorded = Lwt::parse(result).map_err(|e| StoreError::new(format!("{what}: {}", e.0)))?;
     if !recorded.applied {
         let found = recorded.i64("n")?;
+        if found == 1 {
+            // Version 2 only added tables, created above: record the upgrade, after which
+            // a version-1 binary refuses the keyspace.
+            return upgrade_from_1(session, ks).await;
+        }
         if found != SCHEMA_VERSION {
             return Err(StoreError::new(format!(
                 "keyspace {ks} has schema version {found}, this build reads version \
@@ -175,6 +198,37 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
             )));
         }
     }
+    Ok(())
+}
+
+/// Moves the recorded version from 1 to [`SCHEMA_VERSION`] (a conditional write: of several
+/// nodes upgrading at once one applies it, the others find it done).
+async fn upgrade_from_1(session: &Session, ks: &str) -> StoreResult<()> {
+    let mut upgrade = Statement::new(format!(
+        "UPDATE {ks}.meta SET n = {SCHEMA_VERSION} WHERE name = 'schema_version' IF n = 1"
+    ));
+    upgrade.set_consistency(Consistency::LocalQuorum);
+    upgrade.set_serial_consistency(Some(SerialConsistency::LocalSerial));
+    let what = "upgrading the schema version";
+    let result = session
+        .query_unpaged(upgrade, ())
+        .await
+        .map_err(|e| StoreError::new(format!("{what}: {e}")))?;
+    let done = Lwt::parse(result).map_err(|e| StoreError::new(format!("{what}: {}", e.0)))?;
+    let now = match done.applied {
+        true => SCHEMA_VERSION,
+        false => done.i64("n")?,
+    };
+    if now != SCHEMA_VERSION {
+        return Err(StoreError::new(format!(
+            "keyspace {ks} moved to schema version {now} while this node upgraded it to \
+             {SCHEMA_VERSION}"
+        )));
+    }
+    tracing::info!(
+        keyspace = ks,
+        "upgraded the ScyllaDB log's schema from version 1"
+    );
     Ok(())
 }
 
@@ -186,4 +240,129 @@ pub(super) async fn ddl(session: &Session, cql: &str) -> StoreResult<()> {
         .await
         .map_err(|e| StoreError::new(format!("`{cql}`: {e}")))?;
     Ok(())
+}
+
+/// The prepared statements of the group tables.
+pub(super) struct GroupStatements {
+    pub(super) insert_meta: PreparedStatement,
+    pub(super) select_meta: PreparedStatement,
+    pub(super) all_groups: PreparedStatement,
+    pub(super) upsert_member: PreparedStatement,
+    pub(super) delete_member: PreparedStatement,
+    pub(super) select_member: PreparedStatement,
+    pub(super) select_members: PreparedStatement,
+    pub(super) upsert_user_group: PreparedStatement,
+    pub(super) delete_user_group: PreparedStatement,
+    pub(super) select_user_groups: PreparedStatement,
+    pub(super) insert_group_msg: PreparedStatement,
+    pub(super) count_group_msgs_after: PreparedStatement,
+    pub(super) raise_head: PreparedStatement,
+    pub(super) select_head: PreparedStatement,
+    pub(super) select_read: PreparedStatement,
+    pub(super) create_read: PreparedStatement,
+    pub(super) raise_read: PreparedStatement,
+    pub(super) insert_mention: PreparedStatement,
+    pub(super) clear_mentions: PreparedStatement,
+    pub(super) any_mention: PreparedStatement,
+    pub(super) claim_dedup: PreparedStatement,
+    pub(super) take_over_dedup: PreparedStatement,
+    pub(super) release_dedup: PreparedStatement,
+}
+
+impl GroupStatements {
+    pub(super) async fn prepare(session: &Session, ks: &str) -> StoreResult<GroupStatements> {
+        let p = |cql: String| prepare(session, cql);
+        Ok(GroupStatements {
+            insert_meta: p(format!("INSERT INTO {ks}.groups (grp, meta) VALUES (?, ?)")).await?,
+            select_meta: p(format!("SELECT meta FROM {ks}.groups WHERE grp = ?")).await?,
+            all_groups: p(format!("SELECT grp FROM {ks}.groups")).await?,
+            upsert_member: p(format!(
+                "INSERT INTO {ks}.group_members (grp, member_id, member) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            delete_member: p(format!(
+                "DELETE FROM {ks}.group_members WHERE grp = ? AND member_id = ?"
+            ))
+            .await?,
+            select_member: p(format!(
+                "SELECT member FROM {ks}.group_members WHERE grp = ? AND member_id = ?"
+            ))
+            .await?,
+            select_members: p(format!(
+                "SELECT member_id, member FROM {ks}.group_members WHERE grp = ?"
+            ))
+            .await?,
+            upsert_user_group: p(format!(
+                "INSERT INTO {ks}.user_groups (member_id, grp, large) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            delete_user_group: p(format!(
+                "DELETE FROM {ks}.user_groups WHERE member_id = ? AND grp = ?"
+            ))
+            .await?,
+            select_user_groups: p(format!(
+                "SELECT grp, large FROM {ks}.user_groups WHERE member_id = ?"
+            ))
+            .await?,
+            insert_group_msg: p(format!(
+                "INSERT INTO {ks}.group_msgs (grp, bucket, seq, msg_id) VALUES (?, ?, ?, ?)"
+            ))
+            .await?,
+            count_group_msgs_after: p(format!(
+                "SELECT COUNT(*) FROM {ks}.group_msgs WHERE grp = ? AND bucket = ? AND seq > ?"
+            ))
+            .await?,
+            raise_head: p(format!(
+                "UPDATE {ks}.group_heads USING TIMESTAMP ? SET last_msg_seq = ?, updated_at = ? \
+                 WHERE grp = ?"
+            ))
+            .await?,
+            select_head: p(format!(
+                "SELECT last_msg_seq, updated_at FROM {ks}.group_heads WHERE grp = ?"
+            ))
+            .await?,
+            select_read: p(format!(
+                "SELECT seq, msg_id FROM {ks}.group_reads WHERE owner = ? AND grp = ?"
+            ))
+            .await?,
+            create_read: p(format!(
+                "INSERT INTO {ks}.group_reads (owner, grp, seq, msg_id) VALUES (?, ?, ?, ?) \
+                 IF NOT EXISTS"
+            ))
+            .await?,
+            raise_read: p(format!(
+                "UPDATE {ks}.group_reads SET seq = ?, msg_id = ? WHERE owner = ? AND grp = ? \
+                 IF seq < ?"
+            ))
+            .await?,
+            insert_mention: p(format!(
+                "INSERT INTO {ks}.mentions (owner, conversation, msg_id) VALUES (?, ?, ?)"
+            ))
+            .await?,
+            clear_mentions: p(format!(
+                "DELETE FROM {ks}.mentions WHERE owner = ? AND conversation = ? AND msg_id <= ?"
+            ))
+            .await?,
+            any_mention: p(format!(
+                "SELECT msg_id FROM {ks}.mentions WHERE owner = ? AND conversation = ? LIMIT 1"
+            ))
+            .await?,
+            claim_dedup: p(format!(
+                "INSERT INTO {ks}.group_dedup (owner, client_msg_id, msg_id, seq, group_seq, \
+                 conversation, ts, deadline_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS \
+                 USING TTL ?"
+            ))
+            .await?,
+            take_over_dedup: p(format!(
+                "UPDATE {ks}.group_dedup USING TTL ? SET msg_id = ?, seq = ?, group_seq = ?, \
+                 conversation = ?, ts = ?, deadline_ms = ? WHERE owner = ? AND client_msg_id = ? \
+                 IF msg_id = ?"
+            ))
+            .await?,
+            release_dedup: p(format!(
+                "DELETE FROM {ks}.group_dedup WHERE owner = ? AND client_msg_id = ? IF msg_id = ?"
+            ))
+            .await?,
+        })
+    }
 }

@@ -29,6 +29,7 @@ use mqim_schemas::v1::Event;
 use prost::Message as _;
 
 use super::{event_bucket, to_i64, Inner, WriteBatch};
+use crate::conversation::Conversation;
 use crate::store::log::{LogError, LogResult, ReceiptWrite};
 use crate::store::{gap_event, receipt_event, StoreResult};
 
@@ -56,7 +57,7 @@ impl Inner {
     }
 
     /// Claims `event`'s row; `false` if its seq holds another event.
-    async fn claim_event(
+    pub(super) async fn claim_event(
         &self,
         owner: &str,
         event: &Event,
@@ -105,7 +106,7 @@ impl Inner {
         }
     }
 
-    async fn write_buckets(
+    pub(super) async fn write_buckets(
         &self,
         rows: impl Iterator<Item = (&str, u64)>,
         deadline: Instant,
@@ -159,7 +160,19 @@ impl Inner {
         let copies = [(r.user.as_str(), &own), (r.peer.as_str(), &theirs)];
         self.claim_events(&copies, deadline).await?;
         match self.raise_read_pointer(r, deadline).await {
-            Ok(true) => Ok(true),
+            Ok(true) => {
+                if let Some(Conversation::Group(_)) = Conversation::parse(&r.conversation) {
+                    // A read in a group clears the reader's mentions it covers (best effort:
+                    // the receipts stand; a mention left is cleared by the next read).
+                    let cleared = self
+                        .clear_mentions(&r.user, &r.conversation, r.up_to, deadline)
+                        .await;
+                    if let Err(e) = cleared {
+                        tracing::warn!("{e}");
+                    }
+                }
+                Ok(true)
+            }
             Ok(false) => {
                 self.undo_claims(&copies).await;
                 Ok(false)

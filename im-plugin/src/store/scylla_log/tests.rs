@@ -361,3 +361,75 @@ fn layout_helpers_keep_order() {
     assert_eq!(history_day(msg_id_at(EPOCH_MS + DAY_MS as i64, 0)), 1);
     assert_eq!(history_day(u64::MAX), ((u64::MAX >> 22) / DAY_MS) as i32);
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(scylla_available),
+    ignore = "needs a ScyllaDB: set SCYLLA_URI=host:9042"
+)]
+async fn blocks_and_presence_settings_survive_a_reopen() {
+    use crate::store::extras::ExtrasLog;
+    let log = log().await;
+    log.set_block("alice", "mallory", true)
+        .await
+        .expect("block");
+    log.set_block("alice", "bob", true).await.expect("block");
+    log.set_block("alice", "bob", false).await.expect("unblock");
+    log.set_presence_visible("carol", false)
+        .await
+        .expect("hide");
+    log.set_presence_visible("dave", false).await.expect("hide");
+    log.set_presence_visible("dave", true).await.expect("show");
+    log.set_last_seen("carol", 1_700_000_000_000)
+        .await
+        .expect("seen");
+    let keyspace = log.inner.keyspace.clone();
+    let reopened = connect_for_tests_with(|cfg| cfg.keyspace = keyspace)
+        .await
+        .expect("set SCYLLA_URI=host:9042 to run the ScyllaDB tests");
+    let state = reopened.load_extras().await.expect("load");
+    let blocked: Vec<&str> = state.blocks["alice"].iter().map(String::as_str).collect();
+    assert_eq!(blocked, ["mallory"], "the unblock is durable too");
+    assert_eq!(state.blocks.len(), 1);
+    let hidden: Vec<&str> = state.hidden.iter().map(String::as_str).collect();
+    assert_eq!(hidden, ["carol"]);
+    assert_eq!(
+        reopened.last_seen("carol").await.expect("read"),
+        1_700_000_000_000
+    );
+    assert_eq!(
+        reopened.last_seen("dave").await.expect("read"),
+        0,
+        "never seen"
+    );
+    log.drop_test_keyspace().await;
+}
+
+#[test]
+fn a_group_job_touches_its_log_its_copies_and_its_sender() {
+    use crate::store::groups::{Copy, GroupAppend, GroupEntry, GroupMessage};
+    let entry = GroupAppend {
+        group: "7".into(),
+        msg_id: 1,
+        ts: 1,
+        large: true,
+        entry: GroupEntry::Message(GroupMessage {
+            from: "olga".into(),
+            client_msg_id: "c".into(),
+            text: None,
+            body: None,
+            kind: None,
+            mentions: vec!["pia".into()],
+            mention_all: false,
+        }),
+        copies: vec![Copy {
+            owner: "pia".into(),
+            recent: false,
+            unread: false,
+            mention: true,
+        }],
+        basis: 0,
+        membership: None,
+    };
+    assert_eq!(groups::group_job_users(&entry), ["#g:7", "pia", "olga"]);
+}

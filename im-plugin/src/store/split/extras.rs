@@ -1,7 +1,7 @@
-//! The split store's conversation extras: blocks and presence settings are kept in the message
-//! log when the log can hold them (the embedded log of `redis+embedded`, which is the same fjall
-//! store and keyspace as the embedded shape's); recall and edit go through the pipeline
-//! (`amend.rs`) when the log can write them.
+//! The split store's conversation extras: blocks, presence settings and last-seen times are kept
+//! in the message log (the embedded log of `redis+embedded`, which is the same fjall store and
+//! keyspace as the embedded shape's; ScyllaDB's extras tables on `redis+scylla`); recall and
+//! edit go through the pipeline (`amend.rs`) when the log can write them.
 //!
 //! It must not reach into the pipeline: nothing here allocates seqs or touches the Redis index.
 
@@ -14,7 +14,7 @@ use crate::store::extras::{Amend, AmendOutcome, ExtrasLog, ExtrasStore};
 use crate::store::StoreResult;
 
 /// Where this split store keeps blocks and settings, once [`SplitStore::set_extras_log`] named
-/// it (a ScyllaDB log has no place for them yet).
+/// it (the store's opener does, for either log).
 #[derive(Default)]
 pub(super) struct ExtrasSlot(OnceLock<Arc<dyn ExtrasLog>>);
 

@@ -121,9 +121,9 @@ impl Shared {
         self.quiesce(user).await;
         let floor = self.log.max_seq(user).await?;
         if user.starts_with(GROUP_LOG_MARK) {
-            // A group's log: only its counter is indexed.
-            self.index.restore(user, rid, floor, &[]).await?;
-            return Ok(());
+            // A group's log: only its counter is indexed, and the group's membership version
+            // (`fence.rs`).
+            return self.restore_group_log(user, rid, floor).await;
         }
         // Large groups keep their unread counts and recency in the log (positions), not in
         // the index: their copies (mentions) are left out here.

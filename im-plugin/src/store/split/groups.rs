@@ -9,9 +9,9 @@
 //! The group log's counter is rebuilt like a user's (above the log's highest seq), so after a
 //! Redis restart group seqs continue above the highest durable one.
 //!
-//! Not here: several nodes. The IM layer keeps every group's members in memory per node, which
-//! holds for `redis+embedded` (one node per log); a shared log would need the membership check
-//! on the shared side.
+//! Several nodes: the IM layer keeps every group's members in memory per node; on a shared log
+//! (`redis+scylla`) each entry's allocation checks that the node planned it from the group's
+//! latest membership (`fence.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,11 +36,11 @@ use crate::store::{HistoryPage, StoreError, StoreResult, StreamPage};
 const RECEIPT_LOOKUP: usize = 20;
 
 fn no_groups() -> StoreError {
-    StoreError::new("this store's log keeps no groups (groups need redis+embedded or embedded)")
+    StoreError::new("this store's log keeps no groups")
 }
 
 impl Shared {
-    fn group_log(&self) -> StoreResult<&dyn GroupLog> {
+    pub(super) fn group_log(&self) -> StoreResult<&dyn GroupLog> {
         self.log.groups().ok_or_else(no_groups)
     }
 }
@@ -212,6 +212,15 @@ pub(super) fn dispatch(
         (Job::Group { entry, reply, .. }, Allocated::Duplicate(original)) => {
             finish_group(shared, &entry, Ok(GroupOutcome::Duplicate(original)), reply);
         }
+        (Job::Group { entry, reply, .. }, Allocated::Fenced(state)) => {
+            // Planned from another membership than the group's latest: nothing was allocated.
+            drop(guard);
+            let this = shared.clone();
+            tokio::spawn(async move {
+                let e = super::fence::fenced(&this, &entry.group, state).await;
+                finish_group(&this, &entry, Err(e), reply);
+            });
+        }
         (
             Job::Group {
                 entry,
@@ -232,6 +241,8 @@ pub(super) fn dispatch(
                 let outcome = match outcome {
                     Ok(o) => o,
                     Err(LogError::Conflict { user, seq }) => {
+                        // Nothing of it was applied: a change gives its version back.
+                        super::fence::release_change(&this, &entry).await;
                         let job = Job::Group {
                             entry,
                             reply,
@@ -240,6 +251,10 @@ pub(super) fn dispatch(
                         return retry_after_conflict(&this, job, &user, seq);
                     }
                     Err(LogError::Unavailable(e)) => {
+                        if this.log.single_writer() {
+                            // Refused whole by the only writer: it never lands.
+                            super::fence::release_change(&this, &entry).await;
+                        }
                         return finish_group(&this, &entry, Err(e), reply);
                     }
                 };
@@ -328,6 +343,8 @@ async fn index_group(shared: &Arc<Shared>, entry: &GroupAppend, sent: &crate::st
 
 #[async_trait]
 impl GroupStore for SplitStore {
+    /// Also on a log shared by several nodes (ScyllaDB): each node's in-memory membership is
+    /// checked against the group's latest change by the membership fence (`fence.rs`).
     fn has_groups(&self) -> bool {
         self.shared.log.groups().is_some()
     }
@@ -354,6 +371,15 @@ impl GroupStore for SplitStore {
 
     async fn load_group(&self, group: &str) -> StoreResult<Option<GroupRecord>> {
         self.shared.group_log()?.load_group(group).await
+    }
+
+    fn groups_shared(&self) -> bool {
+        self.has_groups()
+    }
+
+    async fn group_version(&self, group: &str) -> StoreResult<Option<u64>> {
+        let meta = self.shared.group_log()?.group_meta(group).await?;
+        Ok(meta.map(|m| m.version_id))
     }
 
     async fn user_groups(&self, user: &str) -> StoreResult<Vec<(String, bool)>> {

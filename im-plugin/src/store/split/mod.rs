@@ -55,6 +55,8 @@
 //!
 //! Groups: see `groups.rs`; an entry is allocated, logged and indexed like a message with N
 //! copies, and the group's log is a stream of its own whose counter is rebuilt like a user's.
+//! With several nodes on one log, each entry's allocation also checks the group's membership
+//! version (`fence.rs`), so no node writes an entry planned from members another node changed.
 //!
 //! Recall and edit: see `amend.rs`; the log names the streams holding the message, the index
 //! allocates a seq in each, the log writes the amend there, and a recall leaves the unread sets.
@@ -62,12 +64,14 @@
 //! Files: `pipeline.rs` (the allocation pipeline, dispatch of log writes, retries), `groups.rs`
 //! (group entries and reads, the [`crate::store::groups::GroupStore`] of the split store),
 //! `amend.rs` (recall and edit), `extras.rs` (where blocks and settings are kept),
+//! `fence.rs` (the membership fence: its version in Redis, rebuilt from the log, settled),
 //! `fresh.rs` (which users are checked against the log, rebuilds), `stream.rs` (reading a stream
 //! with its holes), `claims.rs` (node id and log claims, node liveness, presence), `tests/`.
 
 mod amend;
 mod claims;
 mod extras;
+mod fence;
 mod fresh;
 mod groups;
 mod pipeline;

@@ -33,6 +33,8 @@ const MAX_ATTEMPTS: u8 = 8;
 const RECEIPT_CHECK_PAGES: usize = 10;
 
 /// One request of the pipeline.
+// A group entry is moved a few times per request, like `GroupOutcome`: not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Job {
     Append {
         msg: NewMessage,
@@ -174,15 +176,18 @@ impl Job {
             Job::Group { entry, .. } => AllocRequest::Group {
                 owners: self.users(),
                 dedup: entry.dedup_key().map(|d| (d.owner, d.client_msg_id)),
+                fence: Some(super::fence::fence_of(entry)),
             },
             Job::GroupRead { user, .. } => AllocRequest::Group {
                 owners: vec![user.clone()],
                 dedup: None,
+                fence: None,
             },
             // One seq in each stream holding the message (`users` is the holders by now).
             Job::Amend { .. } => AllocRequest::Group {
                 owners: self.users(),
                 dedup: None,
+                fence: None,
             },
         }
     }

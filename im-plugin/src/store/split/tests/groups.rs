@@ -41,6 +41,7 @@ fn create(group: &str, members: &[String], large: bool) -> GroupAppend {
             ..GroupChange::default()
         }),
         copies,
+        basis: 0,
         membership: Some(MembershipWrite {
             meta: GroupMeta {
                 name: group.into(),
@@ -49,6 +50,8 @@ fn create(group: &str, members: &[String], large: bool) -> GroupAppend {
                 created_at: 0,
                 disbanded: false,
                 member_count: members.len() as u64,
+                version_id: 0,
+                version_seq: 0,
             },
             upserts: members
                 .iter()
@@ -108,6 +111,7 @@ fn group_message(
             mention_all: false,
         }),
         copies,
+        basis: 0,
         membership: None,
     }
 }

@@ -6,6 +6,7 @@
 
 mod amends;
 mod failures;
+mod fence;
 mod groups;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,6 +125,9 @@ mod on_scylla {
         inbox_read_removes_up_to_msgid_and_is_idempotent,
         inbox_conversations_newest_first_with_paging,
         inbox_history_pages_backwards_without_gaps_or_repeats,
+        group_entries_are_contiguous_with_their_copies_and_deduped,
+        group_large_counts_unread_from_positions_and_mentions,
+        group_membership_rows_follow_the_log,
     );
 }
 

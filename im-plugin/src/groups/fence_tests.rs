@@ -1,0 +1,281 @@
+//! Two nodes' IM layers over one shared log: the membership fence seen from the requests.
+//! Node A removes a member; node B, whose registry still lists them, takes a send to the group:
+//! the store refuses B's first plan, B reloads the group and plans again, and the send is
+//! answered `sent` with no copy for the removed member. The nodes are two [`ImPlugin`]s, each
+//! on its own split store; both stores use one real `redis-server` (same key prefix) and one
+//! embedded log in log mode (an `Arc`, standing in for the ScyllaDB log `redis+scylla` nodes
+//! share).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mqim_schemas::v1::{event, reply, GroupCreateRequest, GroupRemoveRequest, SendRequest};
+use tempfile::TempDir;
+
+use crate::auth::Authenticator;
+use crate::config::{AuthConfig, ImConfig};
+use crate::presence::DeviceLink;
+use crate::store::lsm::LsmStore;
+use crate::store::redis_index::{RedisConfig, RedisIndex};
+use crate::store::split::{LogClaim, NodeClaims, SplitOptions, SplitStore};
+use crate::store::Store;
+use crate::testing::RedisServer;
+use crate::ImPlugin;
+
+struct Link(&'static str);
+
+impl DeviceLink for Link {
+    fn conn_id(&self) -> u64 {
+        7
+    }
+    fn user(&self) -> &str {
+        self.0
+    }
+    fn device(&self) -> &str {
+        "phone"
+    }
+    fn is_subscribed(&self, _topic: &str) -> bool {
+        false
+    }
+    fn deliver(&self, _topic: &str, _payload: Bytes) -> bool {
+        false
+    }
+}
+
+async fn node(id: u16, redis: &RedisServer, log: &Arc<LsmStore>, dir: &TempDir) -> Arc<ImPlugin> {
+    let cfg = RedisConfig {
+        url: redis.url(),
+        key_prefix: "nodes".into(),
+        timeout_ms: 1000,
+    };
+    let index = RedisIndex::connect(&cfg, 3600).await.expect("Redis");
+    // Claimed as a `redis+scylla` node claims: its node id, and the log as shared.
+    let opts = SplitOptions {
+        node_id: id,
+        claims: Some(NodeClaims {
+            identity: format!("node-{id}"),
+            log: LogClaim::Shared,
+        }),
+        ..SplitOptions::default()
+    };
+    let split = SplitStore::open(index, log.clone(), opts)
+        .await
+        .expect("claims");
+    let store: Arc<dyn Store> = Arc::new(split);
+    let im = ImConfig {
+        node_id: id,
+        ..ImConfig::default()
+    };
+    let auth = Authenticator::load(&AuthConfig::default(), dir.path()).expect("auth");
+    ImPlugin::open(im, auth, store).await.expect("open")
+}
+
+fn link(user: &'static str) -> Arc<dyn DeviceLink> {
+    Arc::new(Link(user))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_left() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "team".into(),
+            members: vec!["pia".into(), "rex".into()],
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    // Node B starts now: its registry lists rex.
+    let b = node(2, &redis, &log, &dir).await;
+    assert!(b
+        .groups
+        .get(group.trim_start_matches("g:"))
+        .unwrap()
+        .members
+        .contains_key("rex"));
+
+    crate::ops::group_admin::remove(
+        &a,
+        &link("olga"),
+        GroupRemoveRequest {
+            group: group.clone(),
+            members: vec!["rex".into()],
+        },
+    )
+    .await
+    .expect("remove");
+
+    let sent = crate::ops::send::start(
+        &b,
+        &link("pia"),
+        SendRequest {
+            to: group.clone(),
+            client_msg_id: "after-removal".into(),
+            text: Some("rex must not read this".into()),
+            ..SendRequest::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(sent, Ok(reply::Result::Sent(_))),
+        "B's send after reloading the group: {sent:?}"
+    );
+    let stream = |user: &'static str| {
+        let store = a.store().clone();
+        async move {
+            store
+                .read_stream(user, 0, 100)
+                .await
+                .expect("read")
+                .events
+                .into_iter()
+                .filter(|e| matches!(e.body, Some(event::Body::Message(_))))
+                .count()
+        }
+    };
+    assert_eq!(
+        stream("rex").await,
+        0,
+        "rex got a message sent after his removal"
+    );
+    assert_eq!(stream("olga").await, 1);
+    assert!(
+        !b.groups
+            .get(group.trim_start_matches("g:"))
+            .unwrap()
+            .members
+            .contains_key("rex"),
+        "B's registry was reloaded"
+    );
+}
+
+async fn send(plugin: &Arc<ImPlugin>, from: &'static str, group: &str, cmid: &str) -> bool {
+    let sent = crate::ops::send::start(
+        plugin,
+        &link(from),
+        SendRequest {
+            to: group.to_string(),
+            client_msg_id: cmid.into(),
+            text: Some(cmid.into()),
+            ..SendRequest::default()
+        },
+    )
+    .await;
+    matches!(sent, Ok(reply::Result::Sent(_)))
+}
+
+/// A node that does not know a group yet (created on another node after it started), or does
+/// not know a member yet (added there), looks at the store before refusing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_learns_of_groups_and_members_made_on_another_node() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let b = node(2, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "team".into(),
+            members: vec!["pia".into()],
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    assert!(send(&b, "pia", &group, "p1").await, "a group created on A");
+    crate::ops::group_admin::add(
+        &a,
+        &link("olga"),
+        mqim_schemas::v1::GroupAddRequest {
+            group: group.clone(),
+            members: vec!["zed".into()],
+        },
+    )
+    .await
+    .expect("add");
+    assert!(send(&b, "zed", &group, "z1").await, "a member added on A");
+    assert!(
+        !send(&b, "mallory", &group, "m1").await,
+        "a non-member is still refused"
+    );
+}
+
+/// A member removed on node A reads nothing more of a large group through node B, whose copy
+/// of the group still lists them: B looks at the stored version before answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_cannot_read_a_large_group_through_a_stale_node() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "town".into(),
+            members: vec!["pia".into(), "rex".into()],
+            large: true,
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    let b = node(2, &redis, &log, &dir).await;
+    crate::ops::group_admin::remove(
+        &a,
+        &link("olga"),
+        GroupRemoveRequest {
+            group: group.clone(),
+            members: vec!["rex".into()],
+        },
+    )
+    .await
+    .expect("remove");
+    assert!(send(&a, "olga", &group, "secret").await);
+    let sync = crate::ops::group_query::group_sync(
+        &b,
+        &link("rex"),
+        mqim_schemas::v1::GroupSyncRequest {
+            group: group.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(&sync, Err(e) if e.code == mqim_schemas::v1::ErrorCode::PermissionDenied),
+        "rex read the group's log through B: {sync:?}"
+    );
+    let history = crate::ops::history::start(
+        &b,
+        &link("rex"),
+        mqim_schemas::v1::HistoryRequest {
+            conversation: group.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        history.is_err(),
+        "rex read the history through B: {history:?}"
+    );
+}
