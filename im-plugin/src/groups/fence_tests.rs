@@ -279,3 +279,92 @@ async fn a_removed_member_cannot_read_a_large_group_through_a_stale_node() {
         "rex read the history through B: {history:?}"
     );
 }
+
+/// The ops planned from the members (`read`, `typing`, `recall`) check this node's copy of the
+/// group against the store's first: rex, removed on A, gets PERMISSION_DENIED for each through
+/// B, whose copy still lists him, and nothing of his is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_cannot_read_type_or_recall_through_a_stale_node() {
+    use mqim_schemas::v1::{ErrorCode, ReadRequest, RecallRequest, TypingRequest};
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let created = crate::ops::group_admin::create(
+        &a,
+        &link("olga"),
+        GroupCreateRequest {
+            name: "club".into(),
+            members: vec!["pia".into(), "rex".into()],
+            ..GroupCreateRequest::default()
+        },
+    )
+    .await
+    .expect("create");
+    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
+        panic!("not a create reply");
+    };
+    let group = created.group.expect("the group").id;
+    let sent = crate::ops::send::start(
+        &a,
+        &link("rex"),
+        SendRequest {
+            to: group.clone(),
+            client_msg_id: "r-1".into(),
+            text: Some("hello".into()),
+            ..SendRequest::default()
+        },
+    )
+    .await;
+    let Ok(reply::Result::Sent(sent)) = sent else {
+        panic!("rex's send: {sent:?}");
+    };
+    let b = node(2, &redis, &log, &dir).await;
+    crate::ops::group_admin::remove(
+        &a,
+        &link("olga"),
+        GroupRemoveRequest {
+            group: group.clone(),
+            members: vec!["rex".into()],
+        },
+    )
+    .await
+    .expect("remove");
+    let rex_before = b.store.last_seq("rex").await.expect("rex's stream");
+
+    let denied = |what: &str, r: Result<reply::Result, crate::error::ImError>| {
+        assert!(
+            matches!(&r, Err(e) if e.code == ErrorCode::PermissionDenied),
+            "rex's {what} through B: {r:?}"
+        );
+    };
+    let typing = TypingRequest {
+        conversation: group.clone(),
+        state: "start".into(),
+    };
+    denied(
+        "typing",
+        crate::ops::typing::start(&b, &link("rex"), typing).await,
+    );
+    let read = ReadRequest {
+        conversation: group.clone(),
+        msg_id: sent.msg_id,
+    };
+    denied(
+        "read",
+        crate::ops::read::start(&b, &link("rex"), read).await,
+    );
+    let recall = RecallRequest {
+        conversation: group.clone(),
+        msg_id: sent.msg_id,
+    };
+    denied(
+        "recall",
+        crate::ops::recall::start(&b, &link("rex"), recall).await,
+    );
+    assert_eq!(
+        b.store.last_seq("rex").await.expect("rex's stream"),
+        rex_before,
+        "nothing was written for rex"
+    );
+}

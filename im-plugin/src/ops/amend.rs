@@ -32,10 +32,21 @@ pub(super) fn start(
     kind: AmendKind,
     answer: fn(i64) -> reply::Result,
 ) -> OpFuture {
-    match enqueue(plugin, link.user(), conversation, msg_id, kind, answer) {
-        Ok(task) => super::joined(task),
-        Err(e) => futures::future::ready(Err(e)).boxed(),
-    }
+    let planned = {
+        let conversation = conversation.to_string();
+        move |p: &Arc<ImPlugin>, l: &Arc<dyn DeviceLink>| match enqueue(
+            p,
+            l.user(),
+            &conversation,
+            msg_id,
+            kind,
+            answer,
+        ) {
+            Ok(task) => super::joined(task),
+            Err(e) => futures::future::ready(Err(e)).boxed(),
+        }
+    };
+    super::with_current_group(plugin, link, conversation, planned)
 }
 
 fn enqueue(

@@ -30,6 +30,40 @@ use crate::error::ImError;
 /// What an operation produces.
 pub type OpFuture = BoxFuture<'static, Result<reply::Result, ImError>>;
 
+/// Runs `op` for `link` on `conversation`; in a group, when other nodes change groups too
+/// ([`crate::store::groups::GroupStore::groups_shared`]), only after this node's copy of the
+/// group was checked against the store's version (and reloaded if behind), so an op planned
+/// from the members (`read`'s receipt, `typing`'s recipients, `recall`/`edit`'s streams and
+/// roles) never uses a membership another node changed. Elsewhere `op` starts at once, so it
+/// is enqueued in call order.
+pub(crate) fn with_current_group(
+    plugin: &std::sync::Arc<crate::ImPlugin>,
+    link: &std::sync::Arc<dyn crate::presence::DeviceLink>,
+    conversation: &str,
+    op: impl FnOnce(
+            &std::sync::Arc<crate::ImPlugin>,
+            &std::sync::Arc<dyn crate::presence::DeviceLink>,
+        ) -> OpFuture
+        + Send
+        + 'static,
+) -> OpFuture {
+    use futures::FutureExt as _;
+    let group = match Conversation::parse(conversation) {
+        Some(Conversation::Group(g)) if plugin.store.groups_shared() => g,
+        _ => return op(plugin, link),
+    };
+    let (plugin, link) = (plugin.clone(), link.clone());
+    async move {
+        // Not a member, no such group: the op's own answer too.
+        plugin
+            .groups
+            .for_member_current(&plugin.store, &group, link.user())
+            .await?;
+        op(&plugin, &link).await
+    }
+    .boxed()
+}
+
 /// The answer of an operation that runs on a task of its own (so a requester that goes away
 /// cannot cancel the delivery of what it committed); a task that panicked is `INTERNAL`.
 pub(crate) fn joined<T: Send + 'static>(

@@ -21,6 +21,12 @@ use crate::presence::DeviceLink;
 use crate::ImPlugin;
 
 pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: ReadRequest) -> OpFuture {
+    let conversation = req.conversation.clone();
+    super::with_current_group(plugin, link, &conversation, move |p, l| planned(p, l, req))
+}
+
+/// The read, planned from this node's copy of the group (if any), enqueued now.
+fn planned(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: ReadRequest) -> OpFuture {
     let conversation = match parse_any_conversation(&req.conversation) {
         Ok(c) => c,
         Err(e) => return futures::future::ready(Err(e)).boxed(),

@@ -18,7 +18,10 @@ use crate::presence::DeviceLink;
 use crate::ImPlugin;
 
 pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: TypingRequest) -> OpFuture {
-    futures::future::ready(run(plugin, link.user(), req)).boxed()
+    let conversation = req.conversation.clone();
+    super::with_current_group(plugin, link, &conversation, move |p, l| {
+        futures::future::ready(run(p, l.user(), req)).boxed()
+    })
 }
 
 fn run(plugin: &ImPlugin, me: &str, req: TypingRequest) -> Result<reply::Result, ImError> {
