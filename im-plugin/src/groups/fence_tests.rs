@@ -74,18 +74,15 @@ fn link(user: &'static str) -> Arc<dyn DeviceLink> {
     Arc::new(Link(user))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_left() {
-    let redis = RedisServer::start();
-    let dir = TempDir::new().expect("temp dir");
-    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
-    let a = node(1, &redis, &log, &dir).await;
+/// olga creates a group with pia and rex on `node`; its conversation id.
+async fn olga_creates(node: &Arc<ImPlugin>, name: &str, large: bool) -> String {
     let created = crate::ops::group_admin::create(
-        &a,
+        node,
         &link("olga"),
         GroupCreateRequest {
-            name: "team".into(),
+            name: name.into(),
             members: vec!["pia".into(), "rex".into()],
+            large,
             ..GroupCreateRequest::default()
         },
     )
@@ -94,7 +91,30 @@ async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_le
     let Some(reply::Result::GroupCreate(created)) = Some(created) else {
         panic!("not a create reply");
     };
-    let group = created.group.expect("the group").id;
+    created.group.expect("the group").id
+}
+
+/// olga removes rex from `group` on `node`.
+async fn olga_removes_rex(node: &Arc<ImPlugin>, group: &str) {
+    crate::ops::group_admin::remove(
+        node,
+        &link("olga"),
+        GroupRemoveRequest {
+            group: group.to_string(),
+            members: vec!["rex".into()],
+        },
+    )
+    .await
+    .expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_left() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new().expect("temp dir");
+    let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
+    let a = node(1, &redis, &log, &dir).await;
+    let group = olga_creates(&a, "team", false).await;
     // Node B starts now: its registry lists rex.
     let b = node(2, &redis, &log, &dir).await;
     assert!(b
@@ -104,16 +124,7 @@ async fn a_send_through_a_node_that_missed_a_removal_reaches_only_the_members_le
         .members
         .contains_key("rex"));
 
-    crate::ops::group_admin::remove(
-        &a,
-        &link("olga"),
-        GroupRemoveRequest {
-            group: group.clone(),
-            members: vec!["rex".into()],
-        },
-    )
-    .await
-    .expect("remove");
+    olga_removes_rex(&a, &group).await;
 
     let sent = crate::ops::send::start(
         &b,
@@ -224,33 +235,9 @@ async fn a_removed_member_cannot_read_a_large_group_through_a_stale_node() {
     let dir = TempDir::new().expect("temp dir");
     let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
     let a = node(1, &redis, &log, &dir).await;
-    let created = crate::ops::group_admin::create(
-        &a,
-        &link("olga"),
-        GroupCreateRequest {
-            name: "town".into(),
-            members: vec!["pia".into(), "rex".into()],
-            large: true,
-            ..GroupCreateRequest::default()
-        },
-    )
-    .await
-    .expect("create");
-    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
-        panic!("not a create reply");
-    };
-    let group = created.group.expect("the group").id;
+    let group = olga_creates(&a, "town", true).await;
     let b = node(2, &redis, &log, &dir).await;
-    crate::ops::group_admin::remove(
-        &a,
-        &link("olga"),
-        GroupRemoveRequest {
-            group: group.clone(),
-            members: vec!["rex".into()],
-        },
-    )
-    .await
-    .expect("remove");
+    olga_removes_rex(&a, &group).await;
     assert!(send(&a, "olga", &group, "secret").await);
     let sync = crate::ops::group_query::group_sync(
         &b,
@@ -290,21 +277,7 @@ async fn a_removed_member_cannot_read_type_or_recall_through_a_stale_node() {
     let dir = TempDir::new().expect("temp dir");
     let log = Arc::new(LsmStore::open(&dir.path().join("log")).expect("log"));
     let a = node(1, &redis, &log, &dir).await;
-    let created = crate::ops::group_admin::create(
-        &a,
-        &link("olga"),
-        GroupCreateRequest {
-            name: "club".into(),
-            members: vec!["pia".into(), "rex".into()],
-            ..GroupCreateRequest::default()
-        },
-    )
-    .await
-    .expect("create");
-    let Some(reply::Result::GroupCreate(created)) = Some(created) else {
-        panic!("not a create reply");
-    };
-    let group = created.group.expect("the group").id;
+    let group = olga_creates(&a, "club", false).await;
     let sent = crate::ops::send::start(
         &a,
         &link("rex"),
@@ -320,16 +293,7 @@ async fn a_removed_member_cannot_read_type_or_recall_through_a_stale_node() {
         panic!("rex's send: {sent:?}");
     };
     let b = node(2, &redis, &log, &dir).await;
-    crate::ops::group_admin::remove(
-        &a,
-        &link("olga"),
-        GroupRemoveRequest {
-            group: group.clone(),
-            members: vec!["rex".into()],
-        },
-    )
-    .await
-    .expect("remove");
+    olga_removes_rex(&a, &group).await;
     let rex_before = b.store.last_seq("rex").await.expect("rex's stream");
 
     let denied = |what: &str, r: Result<reply::Result, crate::error::ImError>| {
