@@ -373,8 +373,15 @@ impl GroupStore for SplitStore {
         self.shared.group_log()?.load_group(group).await
     }
 
+    /// A node that claimed its log for itself (`redis+embedded`) is the only one changing its
+    /// groups, so its registry is never behind; any other split store (a shared log, or test
+    /// stores with no claims) may be.
     fn groups_shared(&self) -> bool {
-        self.has_groups()
+        let exclusive = matches!(
+            &self.shared.opts.claims,
+            Some(c) if c.log == super::LogClaim::Exclusive
+        );
+        self.has_groups() && !exclusive
     }
 
     async fn group_version(&self, group: &str) -> StoreResult<Option<u64>> {
