@@ -59,7 +59,7 @@ impl ImPlugin {
         let groups = Arc::new(Registry::load(&store).await?);
         let debounce = Duration::from_millis(cfg.presence_debounce_ms);
         let extras = crate::extras::Extras::load(&store, debounce).await?;
-        Ok(Arc::new(ImPlugin {
+        let plugin = Arc::new(ImPlugin {
             groups,
             send_limit,
             cfg,
@@ -72,7 +72,9 @@ impl ImPlugin {
             hooks,
             moderation: Default::default(),
             extras,
-        }))
+        });
+        crate::extras::news::follow(&plugin);
+        Ok(plugin)
     }
 
     /// Registers the push hook (once, at start-up); false if one was already set.

@@ -5,23 +5,29 @@
 //!   (also written to the store, which answers for users not seen since this node started).
 //! - `typing`: the per-(user, conversation) rate of typing events.
 //! - `watch`: presence watch lists per connection and their debounced announcements.
+//! - `news`: what other nodes sharing the store announce (presence, blocks and settings
+//!   changed there), applied to this node's view.
 //!
 //! Every map is bounded: blocks per user ([`MAX_BLOCKS`]), watch lists per connection
 //! ([`watch::MAX_WATCH`]) and in total, typing entries ([`typing::MAX_ENTRIES`]), last-seen
 //! times ([`MAX_LAST_SEEN`]). The store keeps the truth of blocks and settings
 //! ([`crate::store::extras`]); this is a view of it for the send path, which must not wait.
 
+pub mod news;
+#[cfg(test)]
+mod news_tests;
 pub mod typing;
 pub mod watch;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mqim_schemas::v1::ErrorCode;
 use parking_lot::Mutex;
 
 use crate::error::ImError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Most users one user may block.
 pub const MAX_BLOCKS: usize = 1000;
@@ -35,6 +41,8 @@ pub struct Extras {
     /// blocker -> the users they block.
     blocks: Mutex<HashMap<String, HashSet<String>>>,
     hidden: Mutex<HashSet<String>>,
+    /// Counts the changes made on this node, so a reload from the store cannot undo one.
+    local_changes: AtomicU64,
     last_seen: Mutex<HashMap<String, i64>>,
     pub(crate) typing: typing::TypingLimiter,
     pub(crate) watch: watch::Watchers,
@@ -62,6 +70,7 @@ impl Extras {
                     .collect(),
             ),
             hidden: Mutex::new(state.hidden.into_iter().collect()),
+            local_changes: AtomicU64::new(0),
             last_seen: Mutex::default(),
             typing: typing::TypingLimiter::default(),
             watch: watch::Watchers::new(debounce),
@@ -73,7 +82,7 @@ impl Extras {
         if !self.enabled {
             return Err(ImError::new(
                 ErrorCode::FailedPrecondition,
-                "blocking and presence settings need the embedded or redis+embedded store in this release",
+                "this store has no place for blocks and presence settings",
             ));
         }
         Ok(())
@@ -100,6 +109,7 @@ impl Extras {
     /// Records a block the store made durable.
     pub(crate) fn set_block(&self, blocker: &str, blocked: &str, on: bool) {
         let mut blocks = self.blocks.lock();
+        self.local_changes.fetch_add(1, Ordering::AcqRel);
         if on {
             blocks
                 .entry(blocker.to_string())
@@ -127,6 +137,7 @@ impl Extras {
     /// Records a setting the store made durable.
     pub(crate) fn set_presence_visible(&self, user: &str, visible: bool) {
         let mut hidden = self.hidden.lock();
+        self.local_changes.fetch_add(1, Ordering::AcqRel);
         if visible {
             hidden.remove(user);
         } else {
@@ -148,5 +159,81 @@ impl Extras {
     /// store keeps it too ([`crate::store::extras::ExtrasLog::last_seen`]), for after a restart.
     pub fn last_seen(&self, user: &str) -> i64 {
         self.last_seen.lock().get(user).copied().unwrap_or(0)
+    }
+
+    /// When `user`'s last device went offline, here or anywhere the store knows of (another
+    /// node, or before this node started): the later of the two.
+    pub async fn last_seen_anywhere(
+        &self,
+        store: &Arc<dyn Store>,
+        user: &str,
+    ) -> Result<i64, StoreError> {
+        let here = self.last_seen(user);
+        let stored = match store.extras_log() {
+            Some(log) => log.last_seen(user).await?,
+            None => 0,
+        };
+        Ok(here.max(stored))
+    }
+
+    /// Reads `user`'s blocks and setting from the store again (another node changed them). A
+    /// change made on this node while the read ran wins: the read is made again.
+    pub(crate) async fn reload_user(&self, store: &Arc<dyn Store>, user: &str) {
+        let Some(log) = store.extras_log() else {
+            return;
+        };
+        for _ in 0..3 {
+            let before = self.local_changes.load(Ordering::Acquire);
+            let (blocks, hidden) = match log.user_extras(user).await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "cannot read blocks another node changed");
+                    return;
+                }
+            };
+            // Both locks before the check: a local change counts itself under its lock.
+            let (mut all, mut hiding) = (self.blocks.lock(), self.hidden.lock());
+            if self.local_changes.load(Ordering::Acquire) != before {
+                continue;
+            }
+            match blocks.is_empty() {
+                true => all.remove(user),
+                false => all.insert(user.to_string(), blocks.into_iter().collect()),
+            };
+            match hidden {
+                true => hiding.insert(user.to_string()),
+                false => hiding.remove(user),
+            };
+            return;
+        }
+    }
+
+    /// Reads every block and setting from the store again (news from other nodes may have been
+    /// missed). As for [`Extras::reload_user`], a change made here meanwhile wins.
+    pub(crate) async fn reload_all(&self, store: &Arc<dyn Store>) {
+        let Some(log) = store.extras_log() else {
+            return;
+        };
+        for _ in 0..3 {
+            let before = self.local_changes.load(Ordering::Acquire);
+            let state = match log.load_extras().await {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reload the blocks and settings");
+                    return;
+                }
+            };
+            let (mut all, mut hiding) = (self.blocks.lock(), self.hidden.lock());
+            if self.local_changes.load(Ordering::Acquire) != before {
+                continue;
+            }
+            *all = state
+                .blocks
+                .into_iter()
+                .map(|(k, v)| (k, v.into_iter().collect()))
+                .collect();
+            *hiding = state.hidden.into_iter().collect();
+            return;
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Presence watches: which connection watches whose presence, and the debounced announcements.
 //!
-//! When a watched user's last device on this node goes offline, or their first comes online, an
-//! announcement is scheduled `debounce` later; it compares the user's state then with the last
-//! one announced and tells the watchers only if it changed, so a flapping phone costs at most
-//! one event per debounce interval. A watch ends with its connection. Hidden users and blocked
-//! pairs are never announced. Only devices of this node are seen (live delivery across nodes is
-//! not built yet; `presence` itself reads the shared store).
+//! When a watched user's last device on this node goes offline, or their first comes online, or
+//! another node says one of their devices did ([`crate::store::NodeNews::Presence`]), an
+//! announcement is scheduled `debounce` later; it reads the user's state then (devices on this
+//! node, and on every node where the store shares presence) and tells the watchers only if it
+//! differs from the last one announced, so a flapping phone costs at most one event per debounce
+//! interval, wherever it connects. A watch ends with its connection. Hidden users and blocked
+//! pairs are never announced.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -81,8 +82,8 @@ impl Watchers {
         }
     }
 
-    /// `user`'s online state on this node may have changed: schedules an announcement if
-    /// anyone watches them and none is scheduled.
+    /// `user`'s online state may have changed (on this node, or another node said so):
+    /// schedules an announcement if anyone watches them and none is scheduled.
     pub fn changed(&self, plugin: &Arc<ImPlugin>, user: &str) {
         {
             let mut s = self.state.lock();
@@ -93,15 +94,56 @@ impl Watchers {
         let (plugin, user, wait) = (plugin.clone(), user.to_string(), self.debounce);
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            plugin.extras.watch.announce(&plugin, &user);
+            plugin.extras.watch.announce(&plugin, &user).await;
         });
     }
 
-    fn announce(&self, plugin: &ImPlugin, user: &str) {
-        let online = plugin.presence.devices_of(user) > 0;
+    /// Any watched user's state may have changed (news from other nodes may have been missed):
+    /// one task announces every watched user without an announcement scheduled, one at a time.
+    pub fn resync(&self, plugin: &Arc<ImPlugin>) {
+        let users: Vec<String> = {
+            let mut s = self.state.lock();
+            let users: Vec<String> = s
+                .by_target
+                .keys()
+                .filter(|u| !s.pending.contains(*u))
+                .cloned()
+                .collect();
+            s.pending.extend(users.iter().cloned());
+            users
+        };
+        if users.is_empty() {
+            return;
+        }
+        let (plugin, wait) = (plugin.clone(), self.debounce);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            for user in users {
+                plugin.extras.watch.announce(&plugin, &user).await;
+            }
+        });
+    }
+
+    /// Tells `user`'s watchers their state if it is not the one last announced. Online means a
+    /// device on this node or, where nodes share presence, on any node; if that cannot be read
+    /// now, nothing is announced (the next change or resync will).
+    async fn announce(&self, plugin: &ImPlugin, user: &str) {
+        // A change from now on schedules another announcement.
+        if !self.state.lock().pending.remove(user) {
+            return;
+        }
+        let online = match plugin.presence.devices_of(user) > 0 {
+            true => true,
+            false => match plugin.store.online_devices(user).await {
+                Ok(devices) => devices.is_some_and(|d| !d.is_empty()),
+                Err(e) => {
+                    tracing::debug!(user, error = %e, "presence not announced");
+                    return;
+                }
+            },
+        };
         let watchers: Vec<Arc<dyn DeviceLink>> = {
             let mut s = self.state.lock();
-            s.pending.remove(user);
             let Some(w) = s.by_target.get(user) else {
                 return;
             };
@@ -114,14 +156,18 @@ impl Watchers {
         if !plugin.extras.presence_visible(user) {
             return;
         }
+        let last_seen = match online {
+            true => 0,
+            false => plugin
+                .extras
+                .last_seen_anywhere(&plugin.store, user)
+                .await
+                .unwrap_or_else(|_| plugin.extras.last_seen(user)),
+        };
         let entry = PresenceEntry {
             user: user.to_string(),
             online,
-            last_seen: if online {
-                0
-            } else {
-                plugin.extras.last_seen(user)
-            },
+            last_seen,
             error: None,
         };
         let d = wire::event(Event {

@@ -1,10 +1,7 @@
-//! Two nodes' IM layers over one shared log: the membership fence seen from the requests.
-//! Node A removes a member; node B, whose registry still lists them, takes a send to the group:
+//! Two nodes' IM layers over one shared log (`crate::testing::nodes`): the membership fence
+//! seen from the requests. Node A removes a member; node B, whose registry still lists them, takes a send to the group:
 //! the store refuses B's first plan, B reloads the group and plans again, and the send is
-//! answered `sent` with no copy for the removed member. The nodes are two [`ImPlugin`]s, each
-//! on its own split store; both stores use one real `redis-server` (same key prefix) and one
-//! embedded log in log mode (an `Arc`, standing in for the ScyllaDB log `redis+scylla` nodes
-//! share).
+//! answered `sent` with no copy for the removed member.
 
 use std::sync::Arc;
 
@@ -12,13 +9,9 @@ use bytes::Bytes;
 use mqim_schemas::v1::{event, reply, GroupCreateRequest, GroupRemoveRequest, SendRequest};
 use tempfile::TempDir;
 
-use crate::auth::Authenticator;
-use crate::config::{AuthConfig, ImConfig};
 use crate::presence::DeviceLink;
 use crate::store::lsm::LsmStore;
-use crate::store::redis_index::{RedisConfig, RedisIndex};
-use crate::store::split::{LogClaim, NodeClaims, SplitOptions, SplitStore};
-use crate::store::Store;
+use crate::testing::nodes::node;
 use crate::testing::RedisServer;
 use crate::ImPlugin;
 
@@ -40,34 +33,6 @@ impl DeviceLink for Link {
     fn deliver(&self, _topic: &str, _payload: Bytes) -> bool {
         false
     }
-}
-
-async fn node(id: u16, redis: &RedisServer, log: &Arc<LsmStore>, dir: &TempDir) -> Arc<ImPlugin> {
-    let cfg = RedisConfig {
-        url: redis.url(),
-        key_prefix: "nodes".into(),
-        timeout_ms: 1000,
-    };
-    let index = RedisIndex::connect(&cfg, 3600).await.expect("Redis");
-    // Claimed as a `redis+scylla` node claims: its node id, and the log as shared.
-    let opts = SplitOptions {
-        node_id: id,
-        claims: Some(NodeClaims {
-            identity: format!("node-{id}"),
-            log: LogClaim::Shared,
-        }),
-        ..SplitOptions::default()
-    };
-    let split = SplitStore::open(index, log.clone(), opts)
-        .await
-        .expect("claims");
-    let store: Arc<dyn Store> = Arc::new(split);
-    let im = ImConfig {
-        node_id: id,
-        ..ImConfig::default()
-    };
-    let auth = Authenticator::load(&AuthConfig::default(), dir.path()).expect("auth");
-    ImPlugin::open(im, auth, store).await.expect("open")
 }
 
 fn link(user: &'static str) -> Arc<dyn DeviceLink> {

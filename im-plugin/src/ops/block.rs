@@ -54,6 +54,7 @@ fn change(plugin: &Arc<ImPlugin>, me: &str, user: String, on: bool) -> OpFuture 
             .ok_or_else(|| ImError::new(ErrorCode::FailedPrecondition, "no block list here"))?;
         log.set_block(&me, &user, on).await?;
         plugin.extras.set_block(&me, &user, on);
+        crate::extras::news::announce_extras(&plugin, &me);
         Ok(match on {
             true => reply::Result::Block(BlockReply {}),
             false => reply::Result::Unblock(UnblockReply {}),

@@ -79,6 +79,7 @@ pub fn settings(
             })?;
             log.set_presence_visible(&me, visible).await?;
             plugin.extras.set_presence_visible(&me, visible);
+            crate::extras::news::announce_extras(&plugin, &me);
         }
         Ok(reply::Result::Settings(SettingsReply {
             presence_visible: plugin.extras.presence_visible(&me),
@@ -134,13 +135,14 @@ async fn entry(plugin: &ImPlugin, me: &str, user: String) -> Result<PresenceEntr
             .online_devices(&user)
             .await?
             .is_some_and(|d| !d.is_empty());
-    let last_seen = match (online, plugin.extras.last_seen(&user)) {
-        (true, _) => 0,
-        (false, 0) => match plugin.store.extras_log() {
-            Some(log) => log.last_seen(&user).await?,
-            None => 0,
-        },
-        (false, seen) => seen,
+    let last_seen = match online {
+        true => 0,
+        false => {
+            plugin
+                .extras
+                .last_seen_anywhere(&plugin.store, &user)
+                .await?
+        }
     };
     Ok(PresenceEntry {
         last_seen,

@@ -112,6 +112,10 @@ pub trait ExtrasLog: Send + Sync + 'static {
     /// Every block and setting.
     async fn load_extras(&self) -> StoreResult<ExtrasState>;
 
+    /// `user`'s blocks and setting (another node changed them): the users they block, and
+    /// whether they hide their presence.
+    async fn user_extras(&self, user: &str) -> StoreResult<(BTreeSet<String>, bool)>;
+
     /// `user`'s last device went offline at `ts` (Unix ms). Durable when it returns.
     async fn set_last_seen(&self, user: &str, ts: i64) -> StoreResult<()>;
 

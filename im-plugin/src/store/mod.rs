@@ -272,6 +272,32 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn online_devices(&self, _user: &str) -> StoreResult<Option<Vec<(String, u16)>>> {
         Ok(None)
     }
+
+    /// What other nodes sharing this store announce from now on (taken once, by the IM layer):
+    /// users whose presence or whose blocks and settings changed there. `None` when no other
+    /// node shares this store.
+    fn node_news(&self) -> Option<tokio::sync::mpsc::Receiver<NodeNews>> {
+        None
+    }
+
+    /// Tells the other nodes sharing this store `news` about a change this node made durable.
+    /// Fire and forget, like presence changes.
+    fn announce(&self, _news: NodeNews) {}
+}
+
+/// What another node announced ([`PresenceStore::node_news`]). News says only "look again":
+/// the receiver reads the current state from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeNews {
+    /// A device of this user came online or went offline on another node: the user's state
+    /// across nodes may have changed (read it from [`PresenceStore::online_devices`]).
+    Presence(String),
+    /// This user's blocks or presence setting changed on another node (read them from
+    /// [`extras::ExtrasLog::user_extras`]).
+    Extras(String),
+    /// News may have been missed (the subscription was down, or broke): anything may have
+    /// changed.
+    Resync,
 }
 
 /// Everything the IM service needs from storage.

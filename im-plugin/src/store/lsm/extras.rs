@@ -16,6 +16,8 @@
 //! rows, which the batch overlay does not cover. As everywhere in this store, everything that
 //! can fail happens before the first write.
 
+use std::collections::BTreeSet;
+
 use mqim_schemas::v1::{event, Edited, Recalled};
 
 use super::*;
@@ -454,6 +456,22 @@ impl ExtrasLog for LsmStore {
                 }
             }
             Ok(state)
+        })
+        .await
+    }
+
+    async fn user_extras(&self, user: &str) -> StoreResult<(BTreeSet<String>, bool)> {
+        let (prefix, hidden) = (block_key(user, ""), hidden_key(user));
+        self.read(move |ks| {
+            let mut blocks = BTreeSet::new();
+            for entry in ks.extras.prefix(&prefix) {
+                let key = entry.key().map_err(StoreError::new)?;
+                let blocked = String::from_utf8(key[prefix.len()..].to_vec())
+                    .map_err(|_| StoreError::new("corrupt extras key"))?;
+                blocks.insert(blocked);
+            }
+            let hidden = ks.extras.get(&hidden).map_err(StoreError::new)?.is_some();
+            Ok((blocks, hidden))
         })
         .await
     }

@@ -34,6 +34,10 @@
 //!   per start) with a short TTL the node keeps refreshing. A device counts as online only while
 //!   its node's incarnation is alive, so a crashed node's devices drop out by themselves. (~60
 //!   bytes per online device; nothing per message.)
+//! - `P:news` pub/sub channel (no key): `<node id>:p:<user>` whenever a device of the user came
+//!   online or went offline on that node, after `P:presence:U` says so; `<node id>:x:<user>`
+//!   after the user's blocks or presence setting changed there. Every node subscribes; nothing
+//!   is stored, a node that was not listening misses it (`news.rs`).
 //!
 //! - `P:claim:node:<id>` string: the identity (random per data dir, kept in it) of the node that
 //!   holds node id `<id>`, with a short TTL it keeps refreshing; `P:claim:log` string:
@@ -48,7 +52,8 @@
 //! after it, whichever request (a presence update, a heartbeat) met the broken connection.
 //!
 //! Files: `scripts.rs` (the Lua), `wire.rs` (value encodings and script answers), `presence.rs`
-//! (devices online, node claims), `amend.rs` (a recalled message leaves the unread sets).
+//! (devices online, node claims), `news.rs` (what a node announces to the others),
+//! `amend.rs` (a recalled message leaves the unread sets).
 //!
 //! Scripts touch keys they build from a prefix (the unread sets of a user), so this is for a
 //! single Redis (with replicas/Sentinel), not Redis Cluster.
@@ -61,6 +66,7 @@ use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 
 mod amend;
+mod news;
 mod presence;
 mod scripts;
 mod wire;
@@ -200,6 +206,8 @@ pub struct RecentPage {
 
 /// The Redis index. Cheap to share: the connection is multiplexed and reconnects by itself.
 pub struct RedisIndex {
+    /// For connections of their own (the presence-news subscription).
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     /// The `run_id` of the Redis process, as last seen.
@@ -240,6 +248,7 @@ impl RedisIndex {
             .await
             .map_err(|e| StoreError(format!("connecting to Redis at {}: {e}", cfg.url)))?;
         let index = RedisIndex {
+            client,
             conn,
             prefix: cfg.key_prefix.clone(),
             run_id: RwLock::new(String::new()),

@@ -5,7 +5,10 @@
 //! Plain writes at LOCAL_QUORUM, not through the writer queue: they touch no stream, and each
 //! is a whole-row set or delete, so of two racing toggles of one block the later write wins
 //! (ScyllaDB's last-write-wins by timestamp), which is what the user did last. Every node loads
-//! them all at start ([`ExtrasLog::load_extras`]: two paged scans).
+//! them all at start ([`ExtrasLog::load_extras`]: two paged scans), and one user's again when
+//! another node says they changed ([`ExtrasLog::user_extras`]: two single-partition reads).
+
+use std::collections::BTreeSet;
 
 use futures::TryStreamExt as _;
 
@@ -17,9 +20,11 @@ pub(super) struct ExtrasStatements {
     insert_block: PreparedStatement,
     delete_block: PreparedStatement,
     all_blocks: PreparedStatement,
+    user_blocks: PreparedStatement,
     insert_hidden: PreparedStatement,
     delete_hidden: PreparedStatement,
     all_hidden: PreparedStatement,
+    user_hidden: PreparedStatement,
     insert_last_seen: PreparedStatement,
     last_seen: PreparedStatement,
 }
@@ -37,12 +42,17 @@ impl ExtrasStatements {
             ))
             .await?,
             all_blocks: p(format!("SELECT blocker, blocked FROM {ks}.blocks")).await?,
+            user_blocks: p(format!("SELECT blocked FROM {ks}.blocks WHERE blocker = ?")).await?,
             insert_hidden: p(format!(
                 "INSERT INTO {ks}.hidden_presence (owner) VALUES (?)"
             ))
             .await?,
             delete_hidden: p(format!("DELETE FROM {ks}.hidden_presence WHERE owner = ?")).await?,
             all_hidden: p(format!("SELECT owner FROM {ks}.hidden_presence")).await?,
+            user_hidden: p(format!(
+                "SELECT owner FROM {ks}.hidden_presence WHERE owner = ?"
+            ))
+            .await?,
             insert_last_seen: p(format!(
                 "INSERT INTO {ks}.last_seen (owner, ts) VALUES (?, ?)"
             ))
@@ -143,5 +153,32 @@ impl ExtrasLog for ScyllaLog {
             state.hidden.insert(user);
         }
         Ok(state)
+    }
+
+    async fn user_extras(&self, user: &str) -> StoreResult<(BTreeSet<String>, bool)> {
+        let s = &self.inner.stmts.extras;
+        let session = &self.inner.session;
+        let what = "reading a user's blocks";
+        let mut rows = session
+            .execute_iter(s.user_blocks.clone(), (user,))
+            .await
+            .map_err(failed(what))?
+            .rows_stream::<(String,)>()
+            .map_err(failed(what))?;
+        let mut blocks = BTreeSet::new();
+        while let Some((blocked,)) = rows.try_next().await.map_err(failed(what))? {
+            blocks.insert(blocked);
+        }
+        let what = "reading a user's presence setting";
+        let hidden = session
+            .execute_unpaged(&s.user_hidden, (user,))
+            .await
+            .map_err(failed(what))?
+            .into_rows_result()
+            .map_err(failed(what))?
+            .maybe_first_row::<(String,)>()
+            .map_err(failed(what))?
+            .is_some();
+        Ok((blocks, hidden))
     }
 }

@@ -13,11 +13,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::{Shared, SplitStore};
 use crate::store::redis_index::RedisIndex;
-use crate::store::{StoreError, StoreResult};
+use crate::store::{NodeNews, StoreError, StoreResult};
 
 /// Which log a node writes, as it claims the key prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,11 +191,38 @@ pub(super) async fn apply_presence(
         };
         if let Err(e) = done {
             warn!(user = c.user, device = c.device, error = %e, "could not update presence in Redis");
+            continue;
+        }
+        // Other nodes' presence watches look again, now that Redis says it.
+        if !shared.one_node() {
+            publish_news(shared.clone(), NodeNews::Presence(c.user)).await;
         }
     }
 }
 
+/// Publishes `news` to the other nodes, trying three times over about a second: a node that
+/// misses it entirely keeps a stale view until its subscription breaks and it resyncs.
+pub(super) async fn publish_news(shared: Arc<Shared>, news: NodeNews) {
+    for attempt in 0..3u32 {
+        match shared.index.publish_news(shared.opts.node_id, &news).await {
+            Ok(()) => return,
+            Err(e) if attempt == 2 => {
+                return warn!(?news, error = %e, "news for the other nodes not published");
+            }
+            Err(e) => debug!(?news, error = %e, "publishing news; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(300 << attempt)).await;
+    }
+}
+
 impl Shared {
+    /// A node that claimed its log for itself (`redis+embedded`) is the only node on its Redis
+    /// key prefix; any other split store (a shared log, or a test store with no claims) may
+    /// share it with other nodes.
+    pub(super) fn one_node(&self) -> bool {
+        matches!(&self.opts.claims, Some(c) if c.log == LogClaim::Exclusive)
+    }
+
     fn presence_holder(&self, conn_id: u64) -> String {
         format!("{}:{}:{conn_id}", self.opts.node_id, self.incarnation)
     }

@@ -377,11 +377,7 @@ impl GroupStore for SplitStore {
     /// groups, so its registry is never behind; any other split store (a shared log, or test
     /// stores with no claims) may be.
     fn groups_shared(&self) -> bool {
-        let exclusive = matches!(
-            &self.shared.opts.claims,
-            Some(c) if c.log == super::LogClaim::Exclusive
-        );
-        self.has_groups() && !exclusive
+        self.has_groups() && !self.shared.one_node()
     }
 
     async fn group_version(&self, group: &str) -> StoreResult<Option<u64>> {

@@ -93,7 +93,7 @@ use super::log::MessageLog;
 use super::redis_index::RedisIndex;
 use super::{
     ConversationPage, ConversationSummary, HistoryPage, InboxStore, MessageStore, NewMessage,
-    PresenceStore, ReadOutcome, SendOutcome, StoreError, StoreResult, StreamPage,
+    NodeNews, PresenceStore, ReadOutcome, SendOutcome, StoreError, StoreResult, StreamPage,
 };
 use crate::conversation::Conversation;
 pub use claims::{node_identity, LogClaim, NodeClaims};
@@ -290,6 +290,19 @@ impl PresenceStore for SplitStore {
 
     async fn online_devices(&self, user: &str) -> StoreResult<Option<Vec<(String, u16)>>> {
         self.shared.index.online_devices(user).await.map(Some)
+    }
+
+    fn announce(&self, news: NodeNews) {
+        if !self.shared.one_node() {
+            tokio::spawn(claims::publish_news(self.shared.clone(), news));
+        }
+    }
+
+    fn node_news(&self) -> Option<tokio::sync::mpsc::Receiver<NodeNews>> {
+        match self.shared.one_node() {
+            true => None,
+            false => Some(self.shared.index.node_news(self.shared.opts.node_id)),
+        }
     }
 }
 

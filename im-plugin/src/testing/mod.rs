@@ -5,6 +5,9 @@
 //! Not used by the broker itself. `scripts/test` installs `redis-server` from Debian's packages;
 //! without it, starting one panics with that advice rather than letting a test pass unchecked.
 
+#[cfg(test)]
+pub(crate) mod nodes;
+
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,162 @@
+//! News between nodes, over the Redis pub/sub channel `P:news`.
+//!
+//! A node publishes `<node id>:p:<user>` after it recorded that a device of the user came online
+//! or went offline there, and `<node id>:x:<user>` after the user's blocks or presence setting
+//! changed there (durably, in the log). Every node subscribes and hands what the others
+//! published to its IM layer as [`NodeNews`]. News says only "look again": the receiver reads
+//! the current state from Redis (`P:presence:U`) or the log, so news that arrives twice, late or
+//! out of order changes nothing wrongly.
+//!
+//! Pub/sub delivers at most once, to the subscribers connected at the time. The subscription
+//! therefore runs on a connection of its own, opened again whenever it breaks, and every time it
+//! is (re)established it first hands on [`NodeNews::Resync`]: news may have passed while no one
+//! listened. A subscriber that reads slowly is not buffered here without bound: the channel to
+//! the IM layer is bounded and waits, and Redis disconnects a subscriber whose output buffer
+//! outgrows `client-output-buffer-limit pubsub` (a resubscription and a resync follow).
+//!
+//! Cost: one PUBLISH per device connection and disconnection and per block or setting change,
+//! delivered to every node (~40 bytes each); nothing is stored.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::RedisIndex;
+use crate::store::{NodeNews, StoreResult};
+
+/// How many announcements may wait for the IM layer before the subscription stops reading.
+const NEWS_CAPACITY: usize = 4096;
+/// How long a broken subscription waits before it subscribes again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+impl RedisIndex {
+    fn news_channel(&self) -> String {
+        format!("{}:news", self.prefix)
+    }
+
+    /// Tells the other nodes `news` (never a resync) from `node`.
+    pub async fn publish_news(&self, node: u16, news: &NodeNews) -> StoreResult<()> {
+        let message = match news {
+            NodeNews::Presence(user) => format!("{node}:p:{user}"),
+            NodeNews::Extras(user) => format!("{node}:x:{user}"),
+            NodeNews::Resync => return Ok(()),
+        };
+        redis::cmd("PUBLISH")
+            .arg(self.news_channel())
+            .arg(message)
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// What the nodes other than `node` publish, from a subscription of its own that lasts
+    /// until the receiver is dropped.
+    pub fn node_news(&self, node: u16) -> mpsc::Receiver<NodeNews> {
+        let (tx, rx) = mpsc::channel(NEWS_CAPACITY);
+        tokio::spawn(keep_subscribed(
+            self.client.clone(),
+            self.news_channel(),
+            node,
+            tx,
+        ));
+        rx
+    }
+}
+
+/// Subscribes, and subscribes again after every break, until the receiver is gone.
+async fn keep_subscribed(
+    client: redis::Client,
+    channel: String,
+    node: u16,
+    tx: mpsc::Sender<NodeNews>,
+) {
+    let mut warned = false;
+    loop {
+        let outcome = tokio::select! {
+            _ = tx.closed() => return,
+            outcome = listen(&client, &channel, node, &tx) => outcome,
+        };
+        match outcome {
+            Ok(Listened::ReceiverGone) => return,
+            Ok(Listened::Broke) => debug!("the node news subscription ended; subscribing again"),
+            Err(e) if !warned => {
+                warn!(error = %e, "cannot subscribe to node news in Redis; retrying");
+                warned = true;
+            }
+            Err(e) => debug!(error = %e, "node news subscription failed again"),
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+        }
+    }
+}
+
+enum Listened {
+    ReceiverGone,
+    Broke,
+}
+
+/// One subscription: a resync first, then each announcement of another node.
+async fn listen(
+    client: &redis::Client,
+    channel: &str,
+    node: u16,
+    tx: &mpsc::Sender<NodeNews>,
+) -> redis::RedisResult<Listened> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    if tx.send(NodeNews::Resync).await.is_err() {
+        return Ok(Listened::ReceiverGone);
+    }
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        let Ok(payload) = msg.get_payload::<String>() else {
+            continue;
+        };
+        let news = match parse(&payload) {
+            Some((from, _)) if from == node => continue,
+            Some((_, news)) => news,
+            None => {
+                debug!(payload, "ignored odd news from another node");
+                continue;
+            }
+        };
+        if tx.send(news).await.is_err() {
+            return Ok(Listened::ReceiverGone);
+        }
+    }
+    Ok(Listened::Broke)
+}
+
+/// `<node>:<kind>:<user>` as published by [`RedisIndex::publish_news`].
+fn parse(payload: &str) -> Option<(u16, NodeNews)> {
+    let (node, rest) = payload.split_once(':')?;
+    let node = node.parse().ok()?;
+    let news = match rest.split_once(':')? {
+        ("p", user) => NodeNews::Presence(user.to_string()),
+        ("x", user) => NodeNews::Extras(user.to_string()),
+        _ => return None,
+    };
+    Some((node, news))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn news_reads_back_as_published_and_odd_payloads_are_refused() {
+        assert_eq!(
+            parse("7:p:alice"),
+            Some((7, NodeNews::Presence("alice".into())))
+        );
+        // A user id may hold a colon; only the first two separate.
+        assert_eq!(parse("0:x:a:b"), Some((0, NodeNews::Extras("a:b".into()))));
+        for odd in ["", "7", "7:p", "x:p:alice", "7:q:alice", "70000:p:alice"] {
+            assert_eq!(parse(odd), None, "{odd:?}");
+        }
+    }
+}
