@@ -162,6 +162,9 @@ struct Shared {
     inflight: Mutex<HashMap<SendKey, Vec<Reply<SendOutcome>>>>,
     /// The same for group entries with a dedup key (`groups.rs`).
     group_inflight: Mutex<HashMap<SendKey, Vec<Reply<crate::store::groups::GroupOutcome>>>>,
+    /// msgid -> its index updates that Redis has not taken yet, oldest first, retried in the
+    /// background (`pipeline::index_durable`).
+    unindexed: Mutex<HashMap<u64, std::collections::VecDeque<pipeline::IndexUpdate>>>,
     /// Requests to allocate again (after a conflict or a stale answer), ahead of new ones.
     retries: mpsc::UnboundedSender<Job>,
     /// Rebuilds started by the pipeline report here when they are done.
@@ -205,6 +208,7 @@ impl SplitStore {
             inflight: Mutex::new(HashMap::new()),
             group_inflight: Mutex::new(HashMap::new()),
             writing: Mutex::new(HashMap::new()),
+            unindexed: Mutex::new(HashMap::new()),
             retries,
             rebuilt,
             purged_before: AtomicI64::new(i64::MIN),

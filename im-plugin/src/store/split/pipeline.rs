@@ -681,24 +681,59 @@ async fn index_message(shared: &Arc<Shared>, msg: &NewMessage, sent: &SentRecord
 }
 
 /// Runs `update`; on failure the write stays durable and answered, and the update is retried in
-/// the background until Redis takes it.
+/// the background until Redis takes it. The updates of one msgid land in call order: one that
+/// finds an earlier update of its msgid still waiting for Redis waits behind it, so a recall's
+/// update never lands before its message's (which would make the recalled message unread again).
 pub(super) async fn index_durable(shared: &Arc<Shared>, msg_id: u64, update: IndexUpdate) {
+    if let Some(waiting) = shared.unindexed.lock().get_mut(&msg_id) {
+        waiting.push_back(update);
+        return;
+    }
     if try_index(shared, &update).await.is_ok() {
         return;
+    }
+    {
+        let mut unindexed = shared.unindexed.lock();
+        if let Some(waiting) = unindexed.get_mut(&msg_id) {
+            // Another update of this msgid failed meanwhile and is being retried.
+            waiting.push_back(update);
+            return;
+        }
+        unindexed.insert(msg_id, std::collections::VecDeque::from([update]));
     }
     let this = shared.clone();
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(100);
         loop {
             tokio::time::sleep(wait).await;
+            let Some(update) = this
+                .unindexed
+                .lock()
+                .get(&msg_id)
+                .and_then(|w| w.front().cloned())
+            else {
+                return;
+            };
             match try_index(&this, &update).await {
-                Ok(()) => return,
-                Err(e) if wait >= Duration::from_secs(5) => {
-                    warn!(error = %e, msg_id, "indexing a logged message still fails");
+                Ok(()) => {
+                    let mut unindexed = this.unindexed.lock();
+                    let Some(waiting) = unindexed.get_mut(&msg_id) else {
+                        return;
+                    };
+                    waiting.pop_front();
+                    if waiting.is_empty() {
+                        unindexed.remove(&msg_id);
+                        return;
+                    }
+                    wait = Duration::ZERO;
                 }
-                Err(_) => {}
+                Err(e) => {
+                    if wait >= Duration::from_secs(5) {
+                        warn!(error = %e, msg_id, "indexing a logged message still fails");
+                    }
+                    wait = (wait * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                }
             }
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
     });
 }

@@ -1,7 +1,8 @@
 //! Recall and edit on the split store through Redis data loss, with a real `redis-server`: a
 //! recalled message stays out of the unread counts when the index is rebuilt from the log, and
 //! an amend allocated seqs that the log already holds (Redis came back from an older snapshot)
-//! is retried above them, overwriting nothing.
+//! is retried above them, overwriting nothing; and a recall's index update waits behind its
+//! message's while that one waits for Redis.
 
 use super::failures::whole_stream;
 use super::*;
@@ -157,4 +158,47 @@ async fn amends_after_redis_forgets_seqs_overwrite_nothing() {
             "{user}: nothing else after the messages"
         );
     }
+}
+
+/// The index updates of one msgid land in call order, also when the first failed and waits for
+/// Redis in the background: a recall's update (which takes the message out of the unread sets)
+/// waits behind its message's (which puts it in), so the recalled message is not unread again
+/// once Redis is back. An update of another msgid does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recalls_index_update_never_lands_before_its_messages() {
+    use crate::store::split::pipeline::{index_durable, IndexUpdate};
+    use std::sync::atomic::AtomicBool;
+
+    let f = fixture().await;
+    let landed = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let redis_down = Arc::new(AtomicBool::new(true));
+    let update = |name: &'static str, fails_while_down: bool| -> IndexUpdate {
+        let (landed, down) = (landed.clone(), redis_down.clone());
+        Arc::new(move |_| {
+            let (landed, down) = (landed.clone(), down.clone());
+            Box::pin(async move {
+                if fails_while_down && down.load(Ordering::SeqCst) {
+                    return Err(crate::store::StoreError::new("Redis is down"));
+                }
+                landed.lock().push(name);
+                Ok(None)
+            })
+        })
+    };
+    index_durable(&f.store.shared, 7, update("message", true)).await;
+    index_durable(&f.store.shared, 7, update("recall", false)).await;
+    index_durable(&f.store.shared, 8, update("another message", false)).await;
+    assert_eq!(*landed.lock(), ["another message"]);
+
+    redis_down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while landed.lock().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", landed.lock());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*landed.lock(), ["another message", "message", "recall"]);
+    assert!(
+        f.store.shared.unindexed.lock().is_empty(),
+        "nothing left waiting"
+    );
 }
