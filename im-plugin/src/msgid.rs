@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 pub const EPOCH_MS: i64 = 1_704_067_200_000;
 const NODE_BITS: u32 = 10;
 const SEQ_BITS: u32 = 12;
-const MAX_NODE: u16 = (1 << NODE_BITS) - 1;
+/// The highest node id.
+pub const MAX_NODE: u16 = (1 << NODE_BITS) - 1;
 
 /// Generates msgids for one node.
 pub struct MsgIdGen {

@@ -1,7 +1,7 @@
 //! Two nodes sharing a store (`crate::testing::nodes`: one real Redis, one shared log): what one
 //! node changes, the other follows. A presence watch on node A sees a user come and go on node B;
-//! a block or presence setting made through A holds on B; and B catches up on news it missed
-//! when its subscription comes back.
+//! even when B stops without a word; a block or presence setting made through A holds on B; and
+//! B catches up on news it missed when its subscription comes back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +115,8 @@ struct Cluster {
     _dir: TempDir,
 }
 
-/// Nodes A and B, announcing presence 100 ms after it settles.
+/// Nodes A and B, announcing presence 100 ms after it settles, with heartbeats that expire
+/// after 900 ms.
 async fn cluster() -> Cluster {
     let redis = RedisServer::start();
     let dir = TempDir::new().expect("temp dir");
@@ -124,8 +125,9 @@ async fn cluster() -> Cluster {
         presence_debounce_ms: 100,
         ..ImConfig::default()
     };
-    let a = node_with(1, &redis, &log, &dir, im.clone()).await;
-    let b = node_with(2, &redis, &log, &dir, im).await;
+    let ttl = Duration::from_millis(900);
+    let a = node_with(1, &redis, &log, &dir, im.clone(), ttl).await;
+    let b = node_with(2, &redis, &log, &dir, im, ttl).await;
     Cluster {
         redis,
         log,
@@ -138,23 +140,7 @@ async fn cluster() -> Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_on_one_node_sees_the_user_come_and_go_on_another() {
     let c = cluster().await;
-    let (olga, olga_link) = device("olga", 1);
-    c.a.device_online(olga_link.clone());
-    let sent = send(&c.a, &olga_link, "pia", "hello").await;
-    assert!(matches!(sent, Ok(reply::Result::Sent(_))), "{sent:?}");
-
-    let watched = crate::ops::presence::watch(
-        &c.a,
-        &olga_link,
-        PresenceWatchRequest {
-            users: vec!["pia".into()],
-        },
-    )
-    .await;
-    let Ok(reply::Result::PresenceWatch(watched)) = watched else {
-        panic!("watch: {watched:?}");
-    };
-    assert!(!watched.users[0].online, "pia is offline at first");
+    let olga = olga_watches_pia(&c).await;
 
     // pia's phone connects to node B, then leaves it.
     let (_pia, pia_link) = device("pia", 2);
@@ -173,6 +159,56 @@ async fn a_watch_on_one_node_sees_the_user_come_and_go_on_another() {
         ("pia".into(), false, true),
         "offline, with when pia was last seen"
     );
+}
+
+/// olga on A watches pia (they have a conversation): the watch reports pia offline.
+async fn olga_watches_pia(c: &Cluster) -> Arc<Device> {
+    let (olga, olga_link) = device("olga", 1);
+    c.a.device_online(olga_link.clone());
+    let sent = send(&c.a, &olga_link, "pia", "hello").await;
+    assert!(matches!(sent, Ok(reply::Result::Sent(_))), "{sent:?}");
+    let watched = crate::ops::presence::watch(
+        &c.a,
+        &olga_link,
+        PresenceWatchRequest {
+            users: vec!["pia".into()],
+        },
+    )
+    .await;
+    let Ok(reply::Result::PresenceWatch(watched)) = watched else {
+        panic!("watch: {watched:?}");
+    };
+    assert!(!watched.users[0].online, "pia is offline at first");
+    olga
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_hears_the_user_go_offline_when_their_node_stops_without_a_word() {
+    let c = cluster().await;
+    let olga = olga_watches_pia(&c).await;
+    let (_pia, pia_link) = device("pia", 2);
+    c.b.device_online(pia_link);
+    eventually("olga hears that pia is online on B", || {
+        olga.presence() == [("pia".into(), true, false)]
+    })
+    .await;
+
+    // B stops: no offline is recorded or announced; its heartbeat in Redis expires.
+    let Cluster {
+        redis: _redis,
+        a: _a,
+        b,
+        _dir,
+        ..
+    } = c;
+    let gone = Arc::downgrade(&b);
+    drop(b);
+    eventually("node B is gone", || gone.upgrade().is_none()).await;
+    eventually("olga hears that pia is offline", || {
+        olga.presence().len() == 2
+    })
+    .await;
+    assert!(!olga.presence()[1].1, "{:?}", olga.presence());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

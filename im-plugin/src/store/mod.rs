@@ -295,6 +295,9 @@ pub enum NodeNews {
     /// This user's blocks or presence setting changed on another node (read them from
     /// [`extras::ExtrasLog::user_extras`]).
     Extras(String),
+    /// A node stopped (its heartbeat in Redis expired) or restarted without saying goodbye:
+    /// the devices it had online are offline now, and it could not say so.
+    NodeLeft,
     /// News may have been missed (the subscription was down, or broke): anything may have
     /// changed.
     Resync,

@@ -4,6 +4,7 @@
 //! log the nodes of a cluster share), and claim their node ids and the log as such nodes do.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -16,23 +17,26 @@ use crate::store::Store;
 use crate::testing::RedisServer;
 use crate::ImPlugin;
 
-/// Node `id` with the default IM settings.
+/// Node `id` with the default settings.
 pub(crate) async fn node(
     id: u16,
     redis: &RedisServer,
     log: &Arc<LsmStore>,
     dir: &TempDir,
 ) -> Arc<ImPlugin> {
-    node_with(id, redis, log, dir, ImConfig::default()).await
+    let ttl = SplitOptions::default().presence_ttl;
+    node_with(id, redis, log, dir, ImConfig::default(), ttl).await
 }
 
-/// Node `id` with `im` (its node id set to `id`).
+/// Node `id` with `im` (its node id set to `id`) and a heartbeat that expires after
+/// `presence_ttl`.
 pub(crate) async fn node_with(
     id: u16,
     redis: &RedisServer,
     log: &Arc<LsmStore>,
     dir: &TempDir,
     im: ImConfig,
+    presence_ttl: Duration,
 ) -> Arc<ImPlugin> {
     let cfg = RedisConfig {
         url: redis.url(),
@@ -46,6 +50,7 @@ pub(crate) async fn node_with(
             identity: format!("node-{id}"),
             log: LogClaim::Shared,
         }),
+        presence_ttl,
         ..SplitOptions::default()
     };
     let split = SplitStore::open(index, log.clone(), opts)

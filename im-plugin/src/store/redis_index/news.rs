@@ -14,8 +14,13 @@
 //! the IM layer is bounded and waits, and Redis disconnects a subscriber whose output buffer
 //! outgrows `client-output-buffer-limit pubsub` (a resubscription and a resync follow).
 //!
+//! A node that stops without a word (killed, cut off) publishes nothing; its heartbeat in Redis
+//! (`P:node:<id>`) expires instead. Each node looks at every heartbeat three times per presence
+//! TTL and says [`NodeNews::NodeLeft`] when one went or changed, so watches look again.
+//!
 //! Cost: one PUBLISH per device connection and disconnection and per block or setting change,
-//! delivered to every node (~40 bytes each); nothing is stored.
+//! delivered to every node (~40 bytes each); one MGET of the 1024 heartbeat keys per node every
+//! TTL / 3 (10 s by default); nothing is stored.
 
 use std::time::Duration;
 
@@ -41,7 +46,7 @@ impl RedisIndex {
         let message = match news {
             NodeNews::Presence(user) => format!("{node}:p:{user}"),
             NodeNews::Extras(user) => format!("{node}:x:{user}"),
-            NodeNews::Resync => return Ok(()),
+            NodeNews::NodeLeft | NodeNews::Resync => return Ok(()),
         };
         redis::cmd("PUBLISH")
             .arg(self.news_channel())
@@ -51,17 +56,60 @@ impl RedisIndex {
             .map_err(|e| self.failed(e))
     }
 
-    /// What the nodes other than `node` publish, from a subscription of its own that lasts
-    /// until the receiver is dropped.
-    pub fn node_news(&self, node: u16) -> mpsc::Receiver<NodeNews> {
+    /// What the nodes other than `node` publish, from a subscription of its own, and
+    /// [`NodeNews::NodeLeft`] when a node's heartbeat (`P:node:<id>`, refreshed three times per
+    /// `ttl`) expires or changes, looked at every `ttl / 3`. Both last until the receiver is
+    /// dropped.
+    pub fn node_news(&self, node: u16, ttl: Duration) -> mpsc::Receiver<NodeNews> {
         let (tx, rx) = mpsc::channel(NEWS_CAPACITY);
         tokio::spawn(keep_subscribed(
             self.client.clone(),
             self.news_channel(),
             node,
-            tx,
+            tx.clone(),
         ));
+        let heartbeats: Vec<String> = (0..=crate::msgid::MAX_NODE)
+            .map(|id| format!("{}:node:{id}", self.prefix))
+            .collect();
+        tokio::spawn(watch_heartbeats(self.conn.clone(), heartbeats, ttl, tx));
         rx
+    }
+}
+
+/// Reads every node's heartbeat every `ttl / 3` and says [`NodeNews::NodeLeft`] when one that
+/// was there has gone or changed (a new incarnation: the node restarted, and its devices of
+/// before are offline). One MGET of 1024 short keys per look.
+async fn watch_heartbeats(
+    conn: redis::aio::ConnectionManager,
+    heartbeats: Vec<String>,
+    ttl: Duration,
+    tx: mpsc::Sender<NodeNews>,
+) {
+    let mut seen: Vec<Option<String>> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        let now: Vec<Option<String>> = match redis::cmd("MGET")
+            .arg(&heartbeats)
+            .query_async(&mut conn.clone())
+            .await
+        {
+            Ok(now) => now,
+            Err(e) => {
+                debug!(error = %e, "cannot read the nodes' heartbeats");
+                continue;
+            }
+        };
+        let left = seen
+            .iter()
+            .zip(&now)
+            .any(|(before, now)| before.is_some() && before != now);
+        seen = now;
+        if left && tx.send(NodeNews::NodeLeft).await.is_err() {
+            return;
+        }
     }
 }
 

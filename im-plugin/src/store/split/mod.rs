@@ -305,7 +305,11 @@ impl PresenceStore for SplitStore {
     fn node_news(&self) -> Option<tokio::sync::mpsc::Receiver<NodeNews>> {
         match self.shared.one_node() {
             true => None,
-            false => Some(self.shared.index.node_news(self.shared.opts.node_id)),
+            false => Some(
+                self.shared
+                    .index
+                    .node_news(self.shared.opts.node_id, self.shared.opts.presence_ttl),
+            ),
         }
     }
 }
