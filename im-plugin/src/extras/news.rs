@@ -1,7 +1,7 @@
 //! What other nodes sharing the store announce ([`NodeNews`]), applied to this node's view: a
 //! watched user's presence is looked at again (every watched user's when a node left without a
 //! word), a user's blocks and setting are read from the store again, and after news may have
-//! been missed everything is.
+//! been missed everything is; a typing event goes to the recipients connected here.
 //!
 //! And the other way: this node announces its own changes of blocks and settings
 //! ([`announce_extras`]); its presence changes are announced by the store as it records them.
@@ -31,6 +31,13 @@ async fn apply(plugin: Weak<ImPlugin>, mut news: mpsc::Receiver<NodeNews>) {
         match item {
             NodeNews::Presence(user) => plugin.extras.watch.changed(&plugin, &user),
             NodeNews::Extras(user) => plugin.extras.reload_user(&plugin.store, &user).await,
+            NodeNews::Typing {
+                from,
+                conversation,
+                start,
+            } => {
+                crate::ops::typing::deliver_from_another_node(&plugin, &from, &conversation, start)
+            }
             NodeNews::NodeLeft => plugin.extras.watch.resync(&plugin),
             NodeNews::Resync => {
                 plugin.extras.reload_all(&plugin.store).await;

@@ -1,14 +1,16 @@
 //! Two nodes sharing a store (`crate::testing::nodes`: one real Redis, one shared log): what one
 //! node changes, the other follows. A presence watch on node A sees a user come and go on node B;
-//! even when B stops without a word; a block or presence setting made through A holds on B; and
-//! B catches up on news it missed when its subscription comes back.
+//! even when B stops without a word; a block or presence setting made through A holds on B;
+//! typing through A reaches a peer on B; and B catches up on news it missed when its
+//! subscription comes back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mqim_schemas::v1::{
-    reply, BlockRequest, PresenceWatchRequest, SendRequest, SettingsRequest, UnblockRequest,
+    reply, BlockRequest, PresenceWatchRequest, SendRequest, SettingsRequest, TypingRequest,
+    UnblockRequest,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -107,6 +109,15 @@ async fn send(
     .await
 }
 
+/// A connection of the test's own to the cluster's Redis.
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
 struct Cluster {
     redis: RedisServer,
     log: Arc<LsmStore>,
@@ -116,7 +127,7 @@ struct Cluster {
 }
 
 /// Nodes A and B, announcing presence 100 ms after it settles, with heartbeats that expire
-/// after 900 ms.
+/// after 900 ms; both subscribed to the news when this returns.
 async fn cluster() -> Cluster {
     let redis = RedisServer::start();
     let dir = TempDir::new().expect("temp dir");
@@ -128,6 +139,25 @@ async fn cluster() -> Cluster {
     let ttl = Duration::from_millis(900);
     let a = node_with(1, &redis, &log, &dir, im.clone(), ttl).await;
     let b = node_with(2, &redis, &log, &dir, im, ttl).await;
+    // News published before a node subscribed never reaches it.
+    let conn = redis_conn(&redis).await;
+    let subscribers = || {
+        let mut conn = conn.clone();
+        async move {
+            let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("nodes:news")
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB NUMSUB");
+            n
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribers().await < 2 {
+        assert!(Instant::now() < deadline, "the nodes never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Cluster {
         redis,
         log,
@@ -276,36 +306,10 @@ async fn a_block_and_a_setting_made_through_one_node_hold_on_another() {
     .await;
 }
 
-/// A connection of the test's own to the cluster's Redis.
-async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_catches_up_on_news_it_missed_when_its_subscription_returns() {
     let c = cluster().await;
     let mut conn = redis_conn(&c.redis).await;
-    let subscribers = || {
-        let mut conn = conn.clone();
-        async move {
-            let (_, n): (String, i64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg("nodes:news")
-                .query_async(&mut conn)
-                .await
-                .expect("PUBSUB NUMSUB");
-            n
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while subscribers().await < 2 {
-        assert!(Instant::now() < deadline, "the nodes never subscribed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // Past the resync that follows each subscription.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -327,4 +331,64 @@ async fn a_node_catches_up_on_news_it_missed_when_its_subscription_returns() {
         c.b.extras.blocks("pia", "olga")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_through_one_node_reaches_the_peer_on_another_unless_blocked() {
+    let c = cluster().await;
+    let (_olga, olga) = device("olga", 1);
+    let (pia, pia_link) = device("pia", 2);
+    c.b.device_online(pia_link.clone());
+    let typing = |state: &str| {
+        crate::ops::typing::start(
+            &c.a,
+            &olga,
+            TypingRequest {
+                conversation: "u:pia".into(),
+                state: state.into(),
+            },
+        )
+    };
+    let typed = |d: &Device| -> Vec<(String, String, String)> {
+        d.got
+            .lock()
+            .iter()
+            .filter_map(|d| d["event"].get("typing"))
+            .map(|t| {
+                let field = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+                (field("conversation"), field("user"), field("state"))
+            })
+            .collect()
+    };
+    assert!(typing("start").await.is_ok());
+    eventually("pia on B sees olga typing", || !typed(&pia).is_empty()).await;
+    assert_eq!(
+        typed(&pia),
+        [(
+            "u:olga".to_string(),
+            "olga".to_string(),
+            "start".to_string()
+        )]
+    );
+
+    let blocked = crate::ops::block::block(
+        &c.b,
+        &pia_link,
+        BlockRequest {
+            user: "olga".into(),
+        },
+    )
+    .await;
+    assert!(blocked.is_ok(), "{blocked:?}");
+    eventually("A knows that pia blocks olga", || {
+        c.a.extras.blocks("pia", "olga")
+    })
+    .await;
+    assert!(typing("stop").await.is_ok());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        typed(&pia).len(),
+        1,
+        "a blocker never sees the blocked typing"
+    );
 }

@@ -285,8 +285,9 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn announce(&self, _news: NodeNews) {}
 }
 
-/// What another node announced ([`PresenceStore::node_news`]). News says only "look again":
-/// the receiver reads the current state from the store.
+/// What another node announced ([`PresenceStore::node_news`]). News says only "look again"
+/// (the receiver reads the current state from the store), but for typing, which is the live
+/// event itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeNews {
     /// A device of this user came online or went offline on another node: the user's state
@@ -295,6 +296,14 @@ pub enum NodeNews {
     /// This user's blocks or presence setting changed on another node (read them from
     /// [`extras::ExtrasLog::user_extras`]).
     Extras(String),
+    /// `from` is typing (`start`) or stopped in `conversation` (as `from` names it: `u:<peer>`,
+    /// `g:<group>`), through another node, which delivered it to its own devices and checked the
+    /// rate; this node delivers it to the recipients connected here.
+    Typing {
+        from: String,
+        conversation: String,
+        start: bool,
+    },
     /// A node stopped (its heartbeat in Redis expired) or restarted without saying goodbye:
     /// the devices it had online are offline now, and it could not say so.
     NodeLeft,

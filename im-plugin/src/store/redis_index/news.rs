@@ -1,11 +1,13 @@
 //! News between nodes, over the Redis pub/sub channel `P:news`.
 //!
 //! A node publishes `<node id>:p:<user>` after it recorded that a device of the user came online
-//! or went offline there, and `<node id>:x:<user>` after the user's blocks or presence setting
-//! changed there (durably, in the log). Every node subscribes and hands what the others
+//! or went offline there, `<node id>:x:<user>` after the user's blocks or presence setting
+//! changed there (durably, in the log), and `<node id>:t:<1|0>/<user>/<conversation>` for a
+//! typing event it let through (start or stop). Every node subscribes and hands what the others
 //! published to its IM layer as [`NodeNews`]. News says only "look again": the receiver reads
 //! the current state from Redis (`P:presence:U`) or the log, so news that arrives twice, late or
-//! out of order changes nothing wrongly.
+//! out of order changes nothing wrongly. Typing is the exception: it is the event itself, live
+//! only, like the copies a node delivers to its own devices.
 //!
 //! Pub/sub delivers at most once, to the subscribers connected at the time. The subscription
 //! therefore runs on a connection of its own, opened again whenever it breaks, and every time it
@@ -18,8 +20,8 @@
 //! (`P:node:<id>`) expires instead. Each node looks at every heartbeat three times per presence
 //! TTL and says [`NodeNews::NodeLeft`] when one went or changed, so watches look again.
 //!
-//! Cost: one PUBLISH per device connection and disconnection and per block or setting change,
-//! delivered to every node (~40 bytes each); one MGET of the 1024 heartbeat keys per node every
+//! Cost: one PUBLISH per device connection and disconnection, per block or setting change and
+//! per typing event let through, delivered to every node (~40 bytes each); one MGET of the 1024 heartbeat keys per node every
 //! TTL / 3 (10 s by default); nothing is stored.
 
 use std::time::Duration;
@@ -46,6 +48,12 @@ impl RedisIndex {
         let message = match news {
             NodeNews::Presence(user) => format!("{node}:p:{user}"),
             NodeNews::Extras(user) => format!("{node}:x:{user}"),
+            // No user id or conversation holds `/`.
+            NodeNews::Typing {
+                from,
+                conversation,
+                start,
+            } => format!("{node}:t:{}/{from}/{conversation}", u8::from(*start)),
             NodeNews::NodeLeft | NodeNews::Resync => return Ok(()),
         };
         redis::cmd("PUBLISH")
@@ -186,6 +194,20 @@ fn parse(payload: &str) -> Option<(u16, NodeNews)> {
     let news = match rest.split_once(':')? {
         ("p", user) => NodeNews::Presence(user.to_string()),
         ("x", user) => NodeNews::Extras(user.to_string()),
+        ("t", typing) => {
+            let mut parts = typing.splitn(3, '/');
+            let start = match parts.next()? {
+                "1" => true,
+                "0" => false,
+                _ => return None,
+            };
+            let (from, conversation) = (parts.next()?, parts.next()?);
+            NodeNews::Typing {
+                from: from.to_string(),
+                conversation: conversation.to_string(),
+                start,
+            }
+        }
         _ => return None,
     };
     Some((node, news))
@@ -203,7 +225,27 @@ mod tests {
         );
         // A user id may hold a colon; only the first two separate.
         assert_eq!(parse("0:x:a:b"), Some((0, NodeNews::Extras("a:b".into()))));
-        for odd in ["", "7", "7:p", "x:p:alice", "7:q:alice", "70000:p:alice"] {
+        assert_eq!(
+            parse("3:t:1/a:b/u:c:d"),
+            Some((
+                3,
+                NodeNews::Typing {
+                    from: "a:b".into(),
+                    conversation: "u:c:d".into(),
+                    start: true
+                }
+            ))
+        );
+        for odd in [
+            "",
+            "7",
+            "7:p",
+            "x:p:alice",
+            "7:q:alice",
+            "70000:p:alice",
+            "7:t:2/a/u:b",
+            "7:t:1/a",
+        ] {
             assert_eq!(parse(odd), None, "{odd:?}");
         }
     }

@@ -201,17 +201,22 @@ pub(super) async fn apply_presence(
 }
 
 /// Publishes `news` to the other nodes, trying three times over about a second: a node that
-/// misses it entirely keeps a stale view until its subscription breaks and it resyncs.
+/// misses it entirely keeps a stale view until its subscription breaks and it resyncs. A
+/// typing event is tried once: late, it would be wrong.
 pub(super) async fn publish_news(shared: Arc<Shared>, news: NodeNews) {
-    for attempt in 0..3u32 {
+    let attempts = match news {
+        NodeNews::Typing { .. } => 1,
+        _ => 3,
+    };
+    for attempt in 1..=attempts {
         match shared.index.publish_news(shared.opts.node_id, &news).await {
             Ok(()) => return,
-            Err(e) if attempt == 2 => {
+            Err(e) if attempt == attempts => {
                 return warn!(?news, error = %e, "news for the other nodes not published");
             }
             Err(e) => debug!(?news, error = %e, "publishing news; retrying"),
         }
-        tokio::time::sleep(Duration::from_millis(300 << attempt)).await;
+        tokio::time::sleep(Duration::from_millis(300 << (attempt - 1))).await;
     }
 }
 
