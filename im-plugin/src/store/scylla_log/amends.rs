@@ -1,7 +1,8 @@
-//! Recall and edit in the ScyllaDB log ([`AmendLog`]): the checks, and the rewrite of every copy
-//! of a message at the seqs the index allocated. The table (`message_copies`) and its costs are
-//! in the module comment of `mod.rs` ("Amends"); the semantics are the embedded log's
-//! (`lsm/extras.rs`), which this file mirrors.
+//! Recall and edit in the ScyllaDB log ([`AmendLog`]): the requests that check an amend and
+//! rewrite every copy of a message at the seqs the index allocated (the checks and rewrites
+//! themselves, which make no request, are in `amend_rules.rs`). The table (`message_copies`)
+//! and its costs are in the module comment of `mod.rs` ("Amends"); the semantics are the
+//! embedded log's (`lsm/extras.rs`), which these files mirror.
 //!
 //! Finding the copies. `events` is keyed by (owner, seq) and `history` by conversation and day:
 //! nothing maps (owner, msgid) to the seq of the owner's copy. So every message writes its copy
@@ -52,11 +53,11 @@
 //! pending Paxos round) says whether it landed, so the call answers `Done` or undoes.
 
 use futures::stream::{self, StreamExt as _};
-use mqim_schemas::v1::{Edited, Message, Recalled};
+use mqim_schemas::v1::Message;
 
-use super::groups::GROUP_HISTORY_PEER;
+use super::amend_rules::{amend_event, apply, holders, refusal, scope, settled_copy, Holder};
 use super::*;
-use crate::store::extras::{Amend, AmendKind, AmendLog, AmendOutcome, AmendPlan, AmendTarget};
+use crate::store::extras::{Amend, AmendKind, AmendLog, AmendOutcome, AmendPlan};
 use crate::store::groups::log_owner;
 
 /// Copies read or rewritten at once.
@@ -116,21 +117,6 @@ impl AmendStatements {
     }
 }
 
-/// The history key of the conversation `t` names: the pair, or the group's (`#g:<g>`, `#`).
-fn scope(t: &AmendTarget) -> StoreResult<(String, String)> {
-    match Conversation::parse(&t.conversation) {
-        Some(Conversation::Group(g)) => Ok((log_owner(&g), GROUP_HISTORY_PEER.to_string())),
-        Some(Conversation::User(peer)) => {
-            let (a, b) = pair(&t.owner, &peer);
-            Ok((a.to_string(), b.to_string()))
-        }
-        None => Err(StoreError::new(format!(
-            "an amend in {:?}, which is not a conversation",
-            t.conversation
-        ))),
-    }
-}
-
 /// The message as its history row holds it, and its copy map.
 struct Stored {
     /// (user_a, user_b, day, msg_id) of the history row and the copy map.
@@ -139,15 +125,6 @@ struct Stored {
     blob: Vec<u8>,
     message: Message,
     copies: Vec<(String, u64)>,
-}
-
-/// A stream the copy map names for the amend: its owner, how it calls the conversation, and
-/// the seq of its copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Holder {
-    pub(super) owner: String,
-    pub(super) conversation: String,
-    pub(super) copy_seq: u64,
 }
 
 /// A holder whose copy was read: the copy as stored, and its group seq.
@@ -162,136 +139,6 @@ struct Rewrite {
     owner: String,
     seq: u64,
     after: Vec<u8>,
-}
-
-/// The streams holding the message, home first (see the module comment); `None` if the copy
-/// map does not name the home stream.
-pub(super) fn holders(a: &Amend, copies: &[(String, u64)]) -> Option<Vec<Holder>> {
-    let seq_of = |owner: &str| copies.iter().find(|(o, _)| o == owner).map(|(_, s)| *s);
-    let mut out = vec![Holder {
-        owner: a.home.owner.clone(),
-        conversation: a.home.conversation.clone(),
-        copy_seq: seq_of(&a.home.owner)?,
-    }];
-    for t in &a.others {
-        if out.iter().any(|h| h.owner == t.owner) {
-            continue;
-        }
-        if let Some(copy_seq) = seq_of(&t.owner) {
-            out.push(Holder {
-                owner: t.owner.clone(),
-                conversation: t.conversation.clone(),
-                copy_seq,
-            });
-        }
-    }
-    if a.group_log {
-        // Mention copies and members who left since: the caller cannot name them.
-        for (owner, copy_seq) in copies {
-            if !out.iter().any(|h| h.owner == *owner) {
-                out.push(Holder {
-                    owner: owner.clone(),
-                    conversation: a.home.conversation.clone(),
-                    copy_seq: *copy_seq,
-                });
-            }
-        }
-    }
-    Some(out)
-}
-
-/// The answer when nothing is to be written: the embedded log's checks, in its order.
-pub(super) fn refusal(a: &Amend, m: &Message) -> Option<AmendOutcome> {
-    if m.recalled {
-        return Some(match a.kind {
-            AmendKind::Recall => AmendOutcome::Unchanged {
-                edited_at: m.edited_at,
-            },
-            AmendKind::Edit { .. } => AmendOutcome::Recalled,
-        });
-    }
-    let privileged = a.privileged && a.kind == AmendKind::Recall;
-    if !privileged {
-        if m.from != a.by {
-            return Some(AmendOutcome::NotYours);
-        }
-        if m.ts < a.not_before_ms {
-            return Some(AmendOutcome::TooOld);
-        }
-    }
-    if let AmendKind::Edit { text, body } = &a.kind {
-        if m.text == *text && m.body == *body {
-            return Some(AmendOutcome::Unchanged {
-                edited_at: m.edited_at,
-            });
-        }
-    }
-    None
-}
-
-/// Amends `m` in place; `false` if it is recalled already (nothing to do to it).
-pub(super) fn apply(a: &Amend, m: &mut Message) -> bool {
-    if m.recalled {
-        return false;
-    }
-    match &a.kind {
-        AmendKind::Recall => {
-            m.text = None;
-            m.body = None;
-            m.r#type = None;
-            m.mentions.clear();
-            m.mention_all = false;
-            m.recalled = true;
-        }
-        AmendKind::Edit { text, body } => {
-            m.text = text.clone();
-            m.body = body.clone();
-            m.edited_at = a.ts;
-        }
-    }
-    true
-}
-
-/// The event telling `holder`'s owner of the amend, at `seq`.
-fn amend_event(a: &Amend, conversation: &str, seq: u64, group_seq: u64) -> Event {
-    let body = match &a.kind {
-        AmendKind::Recall => event::Body::Recalled(Recalled {
-            conversation: conversation.to_string(),
-            msg_id: a.msg_id,
-            by: a.by.clone(),
-        }),
-        AmendKind::Edit { text, body } => event::Body::Edited(Edited {
-            conversation: conversation.to_string(),
-            msg_id: a.msg_id,
-            text: text.clone(),
-            body: body.clone(),
-            edited_at: a.ts,
-        }),
-    };
-    Event {
-        seq,
-        body: Some(body),
-        group_seq,
-    }
-}
-
-/// The copy `after` (an event of `owner` at `seq`) with the content history holds now.
-pub(super) fn settled_copy(
-    owner: &str,
-    seq: i64,
-    after: &[u8],
-    now: &Message,
-) -> StoreResult<Vec<u8>> {
-    let mut event = decode_event(owner, seq, after)?;
-    let Some(event::Body::Message(m)) = event.body.as_mut() else {
-        return Err(StoreError::new("the rewritten copy is not a message"));
-    };
-    *m = Message {
-        conversation: std::mem::take(&mut m.conversation),
-        group_seq: m.group_seq,
-        ..now.clone()
-    };
-    Ok(event.encode_to_vec())
 }
 
 /// The owners a job of `seqs` touches, for the writer's ordering.

@@ -140,9 +140,11 @@
 //! path of `log_message`, and the request helpers: selects, LWTs, batches), `seqs.rs`
 //! (conditional stream rows, gaps, read pointers), `groups.rs` (group writes: entries, read
 //! positions), `group_reads.rs` (the group reads), `extras.rs` (blocks and presence
-//! settings), `amends.rs` (recall and edit), `keys.rs` (key and value encodings), `tests.rs`;
-//! this file the config, the writer task and the reads.
+//! settings), `amends.rs` (recall and edit: the requests), `amend_rules.rs` (their checks
+//! and rewrites, no request), `keys.rs` (key and value encodings), `tests.rs` and
+//! `tests/amend_tests.rs`; this file the config, the writer task and the reads.
 
+mod amend_rules;
 mod amends;
 mod extras;
 mod group_reads;
