@@ -12,7 +12,7 @@
 //! claimed at its seq of the group's log (`events`, owner `#g:<id>`), then every copy claimed at
 //! its seq (conditional inserts, up to [`CLAIM_CONCURRENCY`] at once: a taken seq is a conflict,
 //! and the claims made turn into gaps); (c) one LOGGED batch with everything else the entry
-//! changes: history row, message row and head, mentions, the group's meta, member rows and the
+//! changes: history row, copy map, message row and head, mentions, the group's meta, member rows and the
 //! members' lists of groups, max msgid. A large group's sender's read position is raised after
 //! the batch (an LWT, which a batch over several partitions cannot hold).
 //!
@@ -20,7 +20,8 @@
 //!
 //! Cost per entry: one dedup LWT (messages and deduped creations), one LWT per stream row (the
 //! group's log plus one per copy: 501 for a message to a 500-member small group, run 32 at a
-//! time), two batches. A change's batch holds two rows per member it adds or removes (at most
+//! time), two batches; the copy map adds ~14 bytes per copy to the batch (~7 KB for 500
+//! members). A change's batch holds two rows per member it adds or removes (at most
 //! 500 per request: ~100 KB, under ScyllaDB's default 1 MB batch limit; a creation with 500
 //! members is the largest).
 
@@ -375,7 +376,26 @@ impl Inner {
             );
             batch.push(
                 &self.stmts.insert_history_day,
-                (owner, GROUP_HISTORY_PEER.to_string(), day),
+                (owner.clone(), GROUP_HISTORY_PEER.to_string(), day),
+            );
+            // Where each copy is, the group's log first, for a recall or an edit
+            // (`amends.rs`): members who leave later keep theirs.
+            let copies = std::iter::once((owner.as_str(), seqs.group_seq)).chain(
+                entry
+                    .copies
+                    .iter()
+                    .zip(&seqs.copies)
+                    .map(|(c, seq)| (c.owner.as_str(), *seq)),
+            );
+            batch.push(
+                &self.stmts.amends.insert_copies,
+                (
+                    owner.clone(),
+                    GROUP_HISTORY_PEER.to_string(),
+                    day,
+                    msg_id,
+                    encode_copies(copies),
+                ),
             );
             batch.push(
                 &g.insert_group_msg,
@@ -438,7 +458,11 @@ impl Inner {
 
     /// Claims every event row (the first, the group's log, alone; then the copies, several at
     /// once); on a taken seq, undoes the claims made and reports the conflict.
-    async fn claim_many(&self, events: &[(&str, &Event)], deadline: Instant) -> LogResult<()> {
+    pub(super) async fn claim_many(
+        &self,
+        events: &[(&str, &Event)],
+        deadline: Instant,
+    ) -> LogResult<()> {
         let Some((first, rest)) = events.split_first() else {
             return Ok(());
         };

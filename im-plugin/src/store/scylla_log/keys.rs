@@ -1,6 +1,7 @@
 //! The value encodings of the ScyllaDB log's keys: the unordered pair of a one-to-one history,
 //! the bucket of a seq, the day of a msgid, the msgid's node slot and write timestamp, wall-clock
-//! deadlines, and the checked conversions between seqs and CQL `bigint`s.
+//! deadlines, the copy map of a message (`message_copies`, see `amends.rs`), and the checked
+//! conversions between seqs and CQL `bigint`s.
 
 use std::time::Instant;
 
@@ -70,4 +71,67 @@ pub(super) fn to_i64(value: u64, what: &str) -> StoreResult<i64> {
 
 pub(super) fn from_i64(value: i64, what: &str) -> StoreResult<u64> {
     u64::try_from(value).map_err(|_| StoreError::new(format!("{what} {value} is negative")))
+}
+
+/// The first byte of an encoded copy map: its format.
+const COPIES_FORMAT: u8 = 1;
+
+/// The copy map of a message: for each stream holding a copy, its owner and the copy's seq.
+/// Encoded as a format byte, then per copy the owner's length and the seq as LEB128 varints
+/// around the owner's UTF-8 bytes: 13-15 bytes per copy for 10-byte user ids.
+pub(super) fn encode_copies<'a>(copies: impl IntoIterator<Item = (&'a str, u64)>) -> Vec<u8> {
+    let mut out = vec![COPIES_FORMAT];
+    for (owner, seq) in copies {
+        push_varint(&mut out, owner.len() as u64);
+        out.extend_from_slice(owner.as_bytes());
+        push_varint(&mut out, seq);
+    }
+    out
+}
+
+/// The copies of an encoded copy map, in the order they were written.
+pub(super) fn decode_copies(blob: &[u8]) -> StoreResult<Vec<(String, u64)>> {
+    let corrupt = |why: &str| StoreError::new(format!("corrupt copy map: {why}"));
+    let Some((&COPIES_FORMAT, mut rest)) = blob.split_first() else {
+        return Err(corrupt("unknown format"));
+    };
+    let mut copies = Vec::new();
+    while !rest.is_empty() {
+        let len = take_varint(&mut rest).ok_or_else(|| corrupt("bad length"))?;
+        let len = usize::try_from(len).map_err(|_| corrupt("bad length"))?;
+        if len > rest.len() {
+            return Err(corrupt("truncated owner"));
+        }
+        let (owner, tail) = rest.split_at(len);
+        let owner = std::str::from_utf8(owner).map_err(|_| corrupt("owner is not UTF-8"))?;
+        rest = tail;
+        let seq = take_varint(&mut rest).ok_or_else(|| corrupt("bad seq"))?;
+        copies.push((owner.to_owned(), seq));
+    }
+    Ok(copies)
+}
+
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn take_varint(rest: &mut &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for (i, &b) in rest.iter().enumerate().take(10) {
+        let bits = u64::from(b & 0x7f);
+        // The tenth byte may carry one bit only.
+        if i == 9 && bits > 1 {
+            return None;
+        }
+        n |= bits << (7 * i);
+        if b & 0x80 == 0 {
+            *rest = &rest[i + 1..];
+            return Some(n);
+        }
+    }
+    None
 }

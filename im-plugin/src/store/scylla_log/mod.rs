@@ -13,12 +13,15 @@
 //! - `events ((owner, bucket), seq) -> event blob`: each user's stream, the protobuf [`Event`] with its
 //!   seq filled in. Bounded partitions: at most 4096 events each (~0.6 MB of typical messages,
 //!   256 MB if all carried 64 KiB). Two rows per message (one for a note to self), ~140 + c each.
+//!   Written only by LWTs: claims (`IF NOT EXISTS`), undos and amends (`IF event = <old>`).
 //! - `event_buckets ((owner), bucket DESC)`: the buckets a user has written. `max_seq` starts at the
 //!   newest and `read_events` skips to the next one, however many there are. Rewritten with every
 //!   event (~45 bytes, two per message), one live row per 4096 seqs after compaction.
 //! - `history ((a, b, day), msg_id DESC) -> message blob`: one row per message (~140 + c), the
 //!   protobuf `Message` with an empty `conversation`, filled in as the reader sees it on the way
-//!   out (`u:<peer>`), so both users read the same row.
+//!   out (`u:<peer>`), so both users read the same row. Written plainly by the message's batch;
+//!   an amend rewrites the row with an LWT (`IF message = <as checked>`, see `amends.rs` for
+//!   why mixing the two on this cell is safe).
 //! - `history_days ((a, b), day DESC)`: the days a pair talked (~45 bytes per message, one live
 //!   row per pair and day). History pages backwards through these, so it never walks empty days
 //!   and stops at the pair's first day.
@@ -69,8 +72,25 @@
 //! `hidden_presence ((owner))` (~20 bytes per user hiding presence) and `last_seen ((owner)) ->
 //! ts` (~30 bytes per user, rewritten when their last device goes offline); nothing per message.
 //!
-//! Durable total: ~560 bytes + 3c per message per replica; the logged batch also passes through
-//! the batchlog of two other nodes (written, then deleted).
+//! Amends (`amends.rs`): recall and edit rewrite the message in place in every stream holding
+//! it and in its history row, so no read path reads anything more. What finds the copies:
+//! - `message_copies ((a, b, day), msg_id) -> copies`: the copy map of each message, keyed as
+//!   its history row (a group's under (`#g:<g>`, `#`)): every stream holding a copy and the
+//!   copy's seq (the group's log first, members who later leave included), ~14 bytes per copy
+//!   (`keys.rs`). Written in the message's logged batch: ~80 bytes per one-to-one message, ~7 KB
+//!   for a 500-member small group's (whose 501 `events` rows are ~70 KB + 501c), ~60 + 14 per
+//!   mention for a large group's. Considered and not taken: an index row (owner, msgid) -> seq
+//!   per copy (501 rows and batch statements per 500-member message, for the same lookup), and
+//!   an overlay of amends read on every path that returns messages (a read more per page of
+//!   `sync`, history and conversations, to serve something rare). A message logged before this
+//!   table existed has no map and cannot be amended (the amend fails and says so).
+//! - An amend costs two point reads (history row and map; `plan_amend` reads only these), one
+//!   read per holder, one LWT per holder to claim its event and one to rewrite its copy, one LWT
+//!   on the history row (the commit), and for a recalled group message one batch deleting its
+//!   mentions and its `group_msgs` row. Order, crashes and races: `amends.rs`.
+//!
+//! Durable total: ~640 bytes + 3c per message per replica (one-to-one); the logged batch also
+//! passes through the batchlog of two other nodes (written, then deleted).
 //!
 //! Writes. [`MessageLog::log_message`] runs: (a) a conditional `INSERT INTO dedup ... IF NOT
 //! EXISTS` (LWT, LOCAL_SERIAL); (b) if applied, the bucket rows, then each event row claimed with
@@ -120,9 +140,12 @@
 //! path of `log_message`, and the request helpers: selects, LWTs, batches), `seqs.rs`
 //! (conditional stream rows, gaps, read pointers), `groups.rs` (group writes: entries, read
 //! positions), `group_reads.rs` (the group reads), `extras.rs` (blocks and presence
-//! settings), `keys.rs` (key and value encodings), `tests.rs`; this file the config, the
-//! writer task and the reads.
+//! settings), `amends.rs` (recall and edit: the requests), `amend_rules.rs` (their checks
+//! and rewrites, no request), `keys.rs` (key and value encodings), `tests.rs` and
+//! `tests/amend_tests.rs`; this file the config, the writer task and the reads.
 
+mod amend_rules;
+mod amends;
 mod extras;
 mod group_reads;
 mod groups;
@@ -168,8 +191,8 @@ use super::{
 use crate::conversation::Conversation;
 use crate::msgid::EPOCH_MS;
 
-/// Bump when a table, key or value encoding changes (version 2 added the group and extras
-/// tables; `schema.rs` upgrades a version-1 keyspace).
+/// Bump when a table, key or value encoding changes (version 2 added the group, extras and
+/// `message_copies` tables; `schema.rs` upgrades a version-1 keyspace).
 const SCHEMA_VERSION: i64 = 2;
 /// `events` partitions hold `1 << EVENT_BUCKET_BITS` seqs.
 const EVENT_BUCKET_BITS: u32 = 12;
@@ -662,6 +685,10 @@ impl MessageLog for ScyllaLog {
     fn groups(&self) -> Option<&dyn GroupLog> {
         Some(self)
     }
+
+    fn amends(&self) -> Option<&dyn crate::store::extras::AmendLog> {
+        Some(self)
+    }
 }
 
 /// The prepared statements, all at LOCAL_QUORUM (LWTs: LOCAL_SERIAL).
@@ -690,6 +717,7 @@ struct Statements {
     create_cursor: PreparedStatement,
     groups: schema::GroupStatements,
     extras: extras::ExtrasStatements,
+    amends: amends::AmendStatements,
 }
 
 fn validate(cfg: &ScyllaLogConfig) -> StoreResult<()> {

@@ -107,6 +107,7 @@ impl Statements {
             .await?,
             groups: GroupStatements::prepare(session, ks).await?,
             extras: super::extras::ExtrasStatements::prepare(session, ks).await?,
+            amends: super::amends::AmendStatements::prepare(session, ks).await?,
         })
     }
 }
@@ -169,6 +170,9 @@ pub(super) async fn create_schema(session: &Session, cfg: &ScyllaLogConfig) -> S
         "blocks (blocker text, blocked text, ts bigint, PRIMARY KEY (blocker, blocked))",
         "hidden_presence (owner text PRIMARY KEY)",
         "last_seen (owner text PRIMARY KEY, ts bigint)",
+        // Also version 2 (not deployed before it was added): recall and edit (`amends.rs`).
+        "message_copies (user_a text, user_b text, day int, msg_id bigint, copies blob, \
+         PRIMARY KEY ((user_a, user_b, day), msg_id))",
     ];
     for table in tables {
         ddl(session, &format!("CREATE TABLE IF NOT EXISTS {ks}.{table}")).await?;

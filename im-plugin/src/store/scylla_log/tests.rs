@@ -1,6 +1,8 @@
 //! The ScyllaDB log's tests, against a real ScyllaDB at `SCYLLA_URI` (reported as ignored
-//! without one).
+//! without one). Recall and edit: `tests/amend_tests.rs`.
 use super::*;
+
+mod amend_tests;
 
 async fn log() -> ScyllaLog {
     connect_for_tests()

@@ -211,7 +211,7 @@ impl Inner {
             copies.push((msg.to.as_str(), event));
         }
         self.claim_events(&copies, deadline).await?;
-        let batch = self.fresh_batch(msg);
+        let batch = self.fresh_batch(msg, seqs);
         let sent_batch = match (batch, self.time_left(deadline, &what)) {
             (Ok(batch), Ok(timeout)) => batch.run(&self.session, timeout, what).await,
             (Err(e), _) | (_, Err(e)) => Err(e),
@@ -227,8 +227,12 @@ impl Inner {
         }))
     }
 
-    /// The logged batch of a fresh message's history row and max msg_id.
-    pub(super) fn fresh_batch(&self, msg: &NewMessage) -> StoreResult<WriteBatch> {
+    /// The logged batch of a fresh message's history row, copy map and max msg_id.
+    pub(super) fn fresh_batch(
+        &self,
+        msg: &NewMessage,
+        seqs: MessageSeqs,
+    ) -> StoreResult<WriteBatch> {
         let mut batch = WriteBatch::new();
         let msg_id = to_i64(msg.msg_id, "msg_id")?;
         let (a, b) = pair(&msg.from, &msg.to);
@@ -248,6 +252,21 @@ impl Inner {
         batch.push(
             &self.stmts.insert_history_day,
             (a.to_owned(), b.to_owned(), day),
+        );
+        // Where each copy is, for a recall or an edit (`amends.rs`).
+        let mut copies = vec![(msg.from.as_str(), seqs.sender)];
+        if let Some(seq) = seqs.recipient {
+            copies.push((msg.to.as_str(), seq));
+        }
+        batch.push(
+            &self.stmts.amends.insert_copies,
+            (
+                a.to_owned(),
+                b.to_owned(),
+                day,
+                msg_id,
+                encode_copies(copies),
+            ),
         );
         batch.push(
             &self.stmts.raise_max_msg_id,

@@ -128,6 +128,11 @@ mod on_scylla {
         group_entries_are_contiguous_with_their_copies_and_deduped,
         group_large_counts_unread_from_positions_and_mentions,
         group_membership_rows_follow_the_log,
+        amend_recall_rewrites_every_copy_and_clears_unread,
+        amend_refusals_write_nothing_and_spend_no_seq,
+        amend_edit_replaces_the_content_once,
+        amend_group_recall_by_an_admin_reaches_every_member,
+        amend_large_group_recall_leaves_unread_from_positions,
     );
 }
 
