@@ -157,9 +157,7 @@ pub trait AmendLog: Send + Sync + 'static {
 }
 
 fn no_amend() -> StoreError {
-    StoreError::new(
-        "recall and edit are not available on this store shape yet (use embedded or redis+embedded)",
-    )
+    StoreError::new("this store cannot recall or edit messages")
 }
 
 /// The extras a store shape offers.

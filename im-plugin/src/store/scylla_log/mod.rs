@@ -141,20 +141,26 @@
 //! (conditional stream rows, gaps, read pointers), `groups.rs` (group writes: entries, read
 //! positions), `group_reads.rs` (the group reads), `extras.rs` (blocks and presence
 //! settings), `amends.rs` (recall and edit: the requests), `amend_rules.rs` (their checks
-//! and rewrites, no request), `keys.rs` (key and value encodings), `tests.rs` and
-//! `tests/amend_tests.rs`; this file the config, the writer task and the reads.
+//! and rewrites, no request), `keys.rs` (key and value encodings), `config.rs` (the settings
+//! and their checks), `writer.rs` (the writer task and its queue), `tests.rs` and
+//! `tests/amend_tests.rs`; this file the reads and the [`MessageLog`] methods.
 
 mod amend_rules;
 mod amends;
+mod config;
 mod extras;
 mod group_reads;
 mod groups;
 mod keys;
 mod schema;
 mod seqs;
+mod writer;
 mod writes;
 
+use config::validate;
+pub use config::ScyllaLogConfig;
 use keys::*;
+use writer::{flatten, run_writer, Job};
 use writes::{Lwt, WriteBatch};
 
 use schema::create_schema;
@@ -209,78 +215,6 @@ const CURSOR_ROUNDS: usize = 8;
 /// Schema changes wait for schema agreement; give them longer than a data request.
 const DDL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Settings of the ScyllaDB log. Every field has a default.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScyllaLogConfig {
-    /// Contact points, `host:port`; the driver discovers the rest of the cluster from them.
-    pub nodes: Vec<String>,
-    /// Keyspace of the log's tables (letters, digits, `_`; at most 48 characters).
-    pub keyspace: String,
-    /// CQL map literal of the keyspace's replication, used only when the keyspace is created.
-    /// Default: `NetworkTopologyStrategy`, RF 3 in every datacenter, the smallest RF with which
-    /// LOCAL_QUORUM survives one replica down. A one-node development cluster needs RF 1.
-    pub replication: String,
-    /// Create the keyspace with `tablets = {'enabled': false}`: ScyllaDB releases with tablets on
-    /// by default do not support LWTs (which dedup and cursors need) in tablet keyspaces. Turn
-    /// off for ScyllaDB before 6.0 or Cassandra, which do not know the option.
-    pub disable_tablets: bool,
-    /// Username for password authentication (none: no authentication).
-    pub username: Option<String>,
-    /// Password for `username`. Never printed.
-    pub password: Option<String>,
-    /// How long a dedup record lives, in seconds (expired natively by ScyllaDB; 0: never).
-    /// Not a setting of its own: [`super::open`] sets it from `im.dedup_ttl_secs`.
-    #[serde(skip)]
-    pub dedup_ttl_secs: u32,
-    /// Client-side timeout of one request: reads, and writes whose deadline is further away.
-    pub request_timeout_ms: u64,
-    /// How long after an attempt's deadline its writes are still assumed able to land (a
-    /// coordinator finishing what the driver gave up on, a batchlog replay). A resend whose
-    /// original is missing takes its dedup record over only after this.
-    pub takeover_grace_ms: u64,
-    /// Writes queued beyond this fail at once.
-    pub queue_capacity: usize,
-    /// Writes run at once at most (never two touching the same user).
-    pub max_in_flight: usize,
-}
-
-impl Default for ScyllaLogConfig {
-    fn default() -> Self {
-        ScyllaLogConfig {
-            nodes: vec!["127.0.0.1:9042".into()],
-            keyspace: "mqim".into(),
-            replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
-            disable_tablets: true,
-            username: None,
-            password: None,
-            dedup_ttl_secs: 24 * 3600,
-            request_timeout_ms: 5_000,
-            takeover_grace_ms: 120_000,
-            queue_capacity: 16 * 1024,
-            max_in_flight: 64,
-        }
-    }
-}
-
-impl fmt::Debug for ScyllaLogConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScyllaLogConfig")
-            .field("nodes", &self.nodes)
-            .field("keyspace", &self.keyspace)
-            .field("replication", &self.replication)
-            .field("disable_tablets", &self.disable_tablets)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("dedup_ttl_secs", &self.dedup_ttl_secs)
-            .field("request_timeout_ms", &self.request_timeout_ms)
-            .field("takeover_grace_ms", &self.takeover_grace_ms)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("max_in_flight", &self.max_in_flight)
-            .finish()
-    }
-}
-
 /// The ScyllaDB [`MessageLog`]. Dropping it closes the write queue; the writer task finishes the
 /// jobs already queued, then stops.
 pub struct ScyllaLog {
@@ -298,12 +232,6 @@ struct Inner {
     dedup_ttl: i32,
     request_timeout: Duration,
     takeover_grace_ms: i64,
-}
-
-/// One queued write: the users it touches (for ordering) and the work, which answers its caller.
-struct Job {
-    users: Vec<String>,
-    work: Box<dyn FnOnce(Arc<Inner>) -> BoxFuture<'static, ()> + Send>,
 }
 
 impl ScyllaLog {
@@ -340,91 +268,6 @@ impl ScyllaLog {
         let (queue, jobs) = mpsc::channel(cfg.queue_capacity.max(1));
         tokio::spawn(run_writer(inner.clone(), jobs, cfg.max_in_flight.max(1)));
         Ok(ScyllaLog { inner, queue })
-    }
-
-    /// Queues `work` as a job touching `users`; the returned future waits for its answer.
-    fn enqueue<T: Send + 'static>(
-        &self,
-        mut users: Vec<String>,
-        work: impl FnOnce(Arc<Inner>) -> BoxFuture<'static, StoreResult<T>> + Send + 'static,
-    ) -> BoxFuture<'static, StoreResult<T>> {
-        users.sort_unstable();
-        users.dedup();
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            users,
-            work: Box::new(move |inner| {
-                async move {
-                    // The caller may have stopped waiting; the write stands either way.
-                    let _ = reply.send(work(inner).await);
-                }
-                .boxed()
-            }),
-        };
-        let queued = self.queue.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                StoreError::new("the Scylla log's write queue is full")
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                StoreError::new("the Scylla log's writer has stopped")
-            }
-        });
-        async move {
-            queued?;
-            answer
-                .await
-                .map_err(|_| StoreError::new("the Scylla log's writer stopped before answering"))?
-        }
-        .boxed()
-    }
-}
-
-/// A queued write's answer: the queue's failure or the write's own.
-fn flatten<T: Send + 'static>(
-    queued: BoxFuture<'static, StoreResult<LogResult<T>>>,
-) -> BoxFuture<'static, LogResult<T>> {
-    async move { queued.await? }.boxed()
-}
-
-/// Starts queued jobs in order, at most `max_in_flight` at a time, never two sharing a user.
-async fn run_writer(inner: Arc<Inner>, mut jobs: mpsc::Receiver<Job>, max_in_flight: usize) {
-    let mut running = JoinSet::new();
-    let mut users_of = HashMap::new();
-    let mut busy: HashSet<String> = HashSet::new();
-    let mut next: Option<Job> = None;
-    let mut open = true;
-    loop {
-        if let Some(job) = next.take() {
-            if running.len() < max_in_flight && !job.users.iter().any(|u| busy.contains(u)) {
-                busy.extend(job.users.iter().cloned());
-                let handle = running.spawn((job.work)(inner.clone()));
-                users_of.insert(handle.id(), job.users);
-            } else {
-                next = Some(job);
-            }
-        }
-        if !open && next.is_none() && running.is_empty() {
-            return;
-        }
-        tokio::select! {
-            done = running.join_next_with_id(), if !running.is_empty() => {
-                // A job that panicked dropped its reply: its caller gets an error.
-                let id = match done {
-                    Some(Ok((id, ()))) => id,
-                    Some(Err(e)) => e.id(),
-                    None => continue,
-                };
-                for user in users_of.remove(&id).unwrap_or_default() {
-                    busy.remove(&user);
-                }
-            }
-            job = jobs.recv(), if open && next.is_none() => match job {
-                Some(job) => next = Some(job),
-                None => open = false,
-            },
-            // Unreachable: a waiting job always has a running job to wait for.
-            else => return,
-        }
     }
 }
 
@@ -718,22 +561,6 @@ struct Statements {
     groups: schema::GroupStatements,
     extras: extras::ExtrasStatements,
     amends: amends::AmendStatements,
-}
-
-fn validate(cfg: &ScyllaLogConfig) -> StoreResult<()> {
-    let ks = &cfg.keyspace;
-    let name_ok = !ks.is_empty()
-        && ks.len() <= 48
-        && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !name_ok {
-        return Err(StoreError::new(format!(
-            "scylla keyspace {ks:?}: use 1 to 48 letters, digits or '_'"
-        )));
-    }
-    if cfg.nodes.is_empty() {
-        return Err(StoreError::new("scylla nodes: give at least one host:port"));
-    }
-    Ok(())
 }
 
 fn failed<E: fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {

@@ -23,7 +23,7 @@ use crate::store::redis_index::Allocated;
 use crate::store::{StoreError, StoreResult};
 
 fn no_amend() -> StoreError {
-    StoreError::new("this store's log cannot recall or edit messages (use redis+embedded)")
+    StoreError::new("this store's message log cannot recall or edit messages")
 }
 
 impl Shared {
