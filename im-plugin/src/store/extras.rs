@@ -23,7 +23,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use mqim_schemas::v1::Event;
+use mqim_schemas::v1::{Event, Message};
 
 use super::log::LogResult;
 use super::{StoreError, StoreResult};
@@ -69,6 +69,32 @@ pub struct Amend {
     pub not_before_ms: i64,
     /// Acceptance time of the amend (Unix ms): the edit's `editedAt`.
     pub ts: i64,
+}
+
+impl Amend {
+    /// Amends `m` in place as this amend says (a recall removes the content, an edit replaces
+    /// it and sets `editedAt`); `false`, and `m` unchanged, if `m` is recalled already.
+    pub fn apply_to(&self, m: &mut Message) -> bool {
+        if m.recalled {
+            return false;
+        }
+        match &self.kind {
+            AmendKind::Recall => {
+                m.text = None;
+                m.body = None;
+                m.r#type = None;
+                m.mentions.clear();
+                m.mention_all = false;
+                m.recalled = true;
+            }
+            AmendKind::Edit { text, body } => {
+                m.text = text.clone();
+                m.body = body.clone();
+                m.edited_at = self.ts;
+            }
+        }
+        true
+    }
 }
 
 /// What an amend did.

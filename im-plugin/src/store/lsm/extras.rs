@@ -147,21 +147,8 @@ impl Pending<'_> {
                     "a history row points at an event that is not a message",
                 ));
             };
-            match &a.kind {
-                AmendKind::Recall => {
-                    m.text = None;
-                    m.body = None;
-                    m.r#type = None;
-                    m.mentions.clear();
-                    m.mention_all = false;
-                    m.recalled = true;
-                }
-                AmendKind::Edit { text, body } => {
-                    m.text = text.clone();
-                    m.body = body.clone();
-                    m.edited_at = a.ts;
-                }
-            }
+            // Not recalled: checked on the home copy, and every copy is the same message.
+            a.apply_to(m);
             let row = event_row(&t.owner, &copy)?;
             let count_key = checked_key(user_conv_key(&t.owner, &t.conversation))?;
             let mut unread_key = count_key.clone();

@@ -99,29 +99,6 @@ pub(super) fn refusal(a: &Amend, m: &Message) -> Option<AmendOutcome> {
     None
 }
 
-/// Amends `m` in place; `false` if it is recalled already (nothing to do to it).
-pub(super) fn apply(a: &Amend, m: &mut Message) -> bool {
-    if m.recalled {
-        return false;
-    }
-    match &a.kind {
-        AmendKind::Recall => {
-            m.text = None;
-            m.body = None;
-            m.r#type = None;
-            m.mentions.clear();
-            m.mention_all = false;
-            m.recalled = true;
-        }
-        AmendKind::Edit { text, body } => {
-            m.text = text.clone();
-            m.body = body.clone();
-            m.edited_at = a.ts;
-        }
-    }
-    true
-}
-
 /// The event telling `holder`'s owner of the amend, at `seq`.
 pub(super) fn amend_event(a: &Amend, conversation: &str, seq: u64, group_seq: u64) -> Event {
     let body = match &a.kind {

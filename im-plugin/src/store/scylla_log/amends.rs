@@ -55,7 +55,7 @@
 use futures::stream::{self, StreamExt as _};
 use mqim_schemas::v1::Message;
 
-use super::amend_rules::{amend_event, apply, holders, refusal, scope, settled_copy, Holder};
+use super::amend_rules::{amend_event, holders, refusal, scope, settled_copy, Holder};
 use super::*;
 use crate::store::extras::{Amend, AmendKind, AmendLog, AmendOutcome, AmendPlan};
 use crate::store::groups::log_owner;
@@ -388,7 +388,7 @@ impl Inner {
                 // Undone into a gap meanwhile: no copy is left to amend.
                 return (None, Ok(()));
             };
-            if m.msg_id != a.msg_id || !apply(a, m) {
+            if m.msg_id != a.msg_id || !a.apply_to(m) {
                 return (None, Ok(()));
             }
             let next = event.encode_to_vec();
@@ -492,7 +492,7 @@ impl Inner {
     ) -> StoreResult<Option<Message>> {
         let (x, y, day, id) = &stored.key;
         let mut amended = stored.message.clone();
-        apply(a, &mut amended);
+        a.apply_to(&mut amended);
         let next = amended.encode_to_vec();
         let what = || format!("amending message {id} in the history of {x} and {y}");
         let timeout = self.time_left(deadline, &what)?;

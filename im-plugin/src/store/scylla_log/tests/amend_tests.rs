@@ -301,7 +301,7 @@ fn holders_are_the_home_then_the_named_then_the_copies_nobody_named() {
 
 #[test]
 fn amend_checks_and_rewrites_follow_the_embedded_log() {
-    use super::amend_rules::{apply, refusal, settled_copy};
+    use super::amend_rules::{refusal, settled_copy};
     use crate::store::extras::{AmendKind, AmendOutcome};
     let sent = v1::Message {
         msg_id: 10,
@@ -339,13 +339,13 @@ fn amend_checks_and_rewrites_follow_the_embedded_log() {
 
     let mut edited = sent.clone();
     let fix = edit("alice", "bob", 10, "fixed");
-    assert!(apply(&fix, &mut edited));
+    assert!(fix.apply_to(&mut edited));
     assert_eq!(
         (edited.text.as_deref(), edited.edited_at),
         (Some("fixed"), fix.ts)
     );
     let mut gone = edited.clone();
-    assert!(apply(&recall("alice", "bob", 10), &mut gone));
+    assert!(recall("alice", "bob", 10).apply_to(&mut gone));
     assert!(gone.recalled && gone.text.is_none() && gone.r#type.is_none());
     assert!(gone.mentions.is_empty() && !gone.mention_all);
     assert_eq!(
@@ -353,7 +353,7 @@ fn amend_checks_and_rewrites_follow_the_embedded_log() {
         "a recall keeps the time of the last edit"
     );
     assert!(
-        !apply(&fix, &mut gone.clone()),
+        !fix.apply_to(&mut gone.clone()),
         "a recalled message is never edited"
     );
     assert_eq!(
