@@ -2,7 +2,7 @@
 //! node changes, the other follows. A presence watch on node A sees a user come and go on node B;
 //! even when B stops without a word; a block or presence setting made through A holds on B;
 //! typing through A reaches a peer on B; and B catches up on news it missed when its
-//! subscription comes back.
+//! subscription comes back, also after it stopped answering.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -391,4 +391,20 @@ async fn typing_through_one_node_reaches_the_peer_on_another_unless_blocked() {
         1,
         "a blocker never sees the blocked typing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_opened_again_and_catches_up() {
+    let c = cluster().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Redis answers nobody for 2 s (as a connection cut off without a reset), and a block
+    // reaches the log meanwhile with no news.
+    assert_eq!(c.redis.command(&["CLIENT", "PAUSE", "2000", "ALL"]), "+OK");
+    c.log.set_block("pia", "olga", true).await.expect("block");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The node's ping went unanswered; it subscribed again and read what it missed.
+    eventually("B read the block it missed", || {
+        c.b.extras.blocks("pia", "olga")
+    })
+    .await;
 }

@@ -10,9 +10,9 @@
 //! only, like the copies a node delivers to its own devices.
 //!
 //! Pub/sub delivers at most once, to the subscribers connected at the time. The subscription
-//! therefore runs on a connection of its own, opened again whenever it breaks, and every time it
-//! is (re)established it first hands on [`NodeNews::Resync`]: news may have passed while no one
-//! listened. A subscriber that reads slowly is not buffered here without bound: the channel to
+//! therefore runs on a connection of its own, pinged every TTL / 3 and opened again whenever it
+//! breaks or a ping goes unanswered, and every time it is (re)established it first hands on
+//! [`NodeNews::Resync`]: news may have passed while no one listened. A subscriber that reads slowly is not buffered here without bound: the channel to
 //! the IM layer is bounded and waits, and Redis disconnects a subscriber whose output buffer
 //! outgrows `client-output-buffer-limit pubsub` (a resubscription and a resync follow).
 //!
@@ -27,6 +27,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use redis::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -64,7 +65,8 @@ impl RedisIndex {
             .map_err(|e| self.failed(e))
     }
 
-    /// What the nodes other than `node` publish, from a subscription of its own, and
+    /// What the nodes other than `node` publish, from a subscription of its own (pinged every
+    /// `ttl / 3`), and
     /// [`NodeNews::NodeLeft`] when a node's heartbeat (`P:node:<id>`, refreshed three times per
     /// `ttl`) expires or changes, looked at every `ttl / 3`. Both last until the receiver is
     /// dropped.
@@ -74,6 +76,7 @@ impl RedisIndex {
             self.client.clone(),
             self.news_channel(),
             node,
+            ttl / 3,
             tx.clone(),
         ));
         let heartbeats: Vec<String> = (0..=crate::msgid::MAX_NODE)
@@ -126,13 +129,14 @@ async fn keep_subscribed(
     client: redis::Client,
     channel: String,
     node: u16,
+    ping_every: Duration,
     tx: mpsc::Sender<NodeNews>,
 ) {
     let mut warned = false;
     loop {
         let outcome = tokio::select! {
             _ = tx.closed() => return,
-            outcome = listen(&client, &channel, node, &tx) => outcome,
+            outcome = listen(&client, &channel, node, ping_every, &tx) => outcome,
         };
         match outcome {
             Ok(Listened::ReceiverGone) => return,
@@ -160,6 +164,7 @@ async fn listen(
     client: &redis::Client,
     channel: &str,
     node: u16,
+    ping_every: Duration,
     tx: &mpsc::Sender<NodeNews>,
 ) -> redis::RedisResult<Listened> {
     let mut pubsub = client.get_async_pubsub().await?;
@@ -167,8 +172,28 @@ async fn listen(
     if tx.send(NodeNews::Resync).await.is_err() {
         return Ok(Listened::ReceiverGone);
     }
-    let mut messages = pubsub.on_message();
-    while let Some(msg) = messages.next().await {
+    // A connection cut off without a reset delivers nothing and never ends: a ping that gets
+    // no answer in time ends it.
+    let (mut sink, mut messages) = pubsub.split();
+    let mut pings = tokio::time::interval(ping_every);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            msg = messages.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            _ = pings.tick() => {
+                match tokio::time::timeout(ping_every, sink.ping::<Value>()).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        debug!("the node news subscription did not answer a ping");
+                        return Ok(Listened::Broke);
+                    }
+                }
+            }
+        };
         let Ok(payload) = msg.get_payload::<String>() else {
             continue;
         };
