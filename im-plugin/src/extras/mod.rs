@@ -1,12 +1,13 @@
 //! Conversation extras in the IM layer: what is kept in memory for blocking, presence and typing.
 //!
 //! - `mod.rs` (this file): [`Extras`], the block lists and hidden-presence users (loaded from the
-//!   store at start, changed after each durable write), and when each user was last seen here
-//!   (also written to the store, which answers for users not seen since this node started).
+//!   store at start, changed after each durable write here, read again when another node says
+//!   it changed them), and when each user was last seen here (also written to the store; the
+//!   later of the two is the answer, so a user last seen on another node is answered too).
 //! - `typing`: the per-(user, conversation) rate of typing events.
 //! - `watch`: presence watch lists per connection and their debounced announcements.
 //! - `news`: what other nodes sharing the store announce (presence, blocks and settings
-//!   changed there), applied to this node's view.
+//!   changed there, typing), applied to this node's view.
 //!
 //! Every map is bounded: blocks per user ([`MAX_BLOCKS`]), watch lists per connection
 //! ([`watch::MAX_WATCH`]) and in total, typing entries ([`typing::MAX_ENTRIES`]), last-seen
