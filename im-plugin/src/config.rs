@@ -19,7 +19,8 @@ pub struct ImConfig {
     /// Largest `sync` page.
     pub sync_max_limit: u32,
     /// Sends one user may make per second, across all devices (0: unlimited). Past it, sends get
-    /// `RATE_LIMITED` and nothing is stored.
+    /// `RATE_LIMITED` and nothing is stored. Group changes, recall, edit, block, unblock and
+    /// settings share the budget.
     pub max_sends_per_sec: u32,
     /// Sends a user may make in a burst above that rate.
     pub send_burst: u32,

@@ -1,4 +1,5 @@
-//! Abuse limits: per-user send rate and per-address connection rate.
+//! Abuse limits: per-user send rate (shared by the other requests that change something: group
+//! changes, recall, edit, block, settings) and per-address connection rate.
 
 mod common;
 
@@ -44,6 +45,70 @@ async fn a_user_sending_too_fast_gets_rate_limited_and_nothing_extra_is_stored()
         .call(json!({"send": {"to": "u:bob", "clientMsgId": "later", "text": "x"}}))
         .await;
     assert!(r.get("sent").is_some(), "the limit recovers: {r}");
+}
+
+/// Sends `n` requests at once and returns how many were answered and how many rate limited
+/// (any other error fails the test).
+async fn burst(
+    d: &mut Device,
+    n: usize,
+    request: impl Fn(usize) -> serde_json::Value,
+) -> (usize, usize) {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(d.request(request(i)).await);
+    }
+    let (mut answered, mut limited) = (0, 0);
+    for id in &ids {
+        let r = d.reply(id).await;
+        if r.get("error").is_none() {
+            answered += 1;
+        } else {
+            assert_eq!(r["error"]["code"], "RATE_LIMITED", "{r}");
+            limited += 1;
+        }
+    }
+    (answered, limited)
+}
+
+#[tokio::test]
+async fn edits_blocks_and_settings_too_fast_are_rate_limited_like_sending() {
+    let b = Broker::start_with(&[("MQIM_MAX_SENDS_PER_SEC", "2"), ("MQIM_SEND_BURST", "5")]);
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let mut spammer = Device::connect(&b, "spammer", "sp").await;
+    let msg_id = spammer.send("bob", "m1", "original").await["msgId"].clone();
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+
+    // Each edit appends an event to bob's stream: they cost what sends cost.
+    let (edits, limited) = burst(
+        &mut spammer,
+        30,
+        |i| json!({"edit": {"conversation": "u:bob", "msgId": msg_id, "text": format!("v{i}")}}),
+    )
+    .await;
+    assert!(limited > 0 && edits > 0, "edits {edits}, limited {limited}");
+    let (events, _) = bob.sync(0, 100).await;
+    assert_eq!(
+        events.len(),
+        1 + edits,
+        "the message and the accepted edits only"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let (_, limited) = burst(&mut spammer, 30, |i| match i % 2 {
+        0 => json!({"block": {"user": "bob"}}),
+        _ => json!({"unblock": {"user": "bob"}}),
+    })
+    .await;
+    assert!(limited > 0, "30 block changes at once exceed the budget");
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let (_, limited) = burst(
+        &mut spammer,
+        30,
+        |i| json!({"settings": {"presenceVisible": i % 2 == 0}}),
+    )
+    .await;
+    assert!(limited > 0, "30 setting changes at once exceed the budget");
 }
 
 #[tokio::test]

@@ -60,13 +60,14 @@ fn enqueue(
     if !plugin.store.has_amend() {
         return Err(ImError::new(
             ErrorCode::FailedPrecondition,
-            "recall and edit need the embedded store or redis+embedded in this release",
+            "this store cannot recall or edit messages",
         ));
     }
     if msg_id == 0 {
         return Err(ImError::invalid("`msgId` is required"));
     }
     let conversation = super::parse_any_conversation(conversation)?;
+    super::send::check_change_rate(plugin, me)?;
     let recall = kind == AmendKind::Recall;
     let window_secs = match recall {
         true => plugin.cfg.recall_window_secs,

@@ -77,5 +77,5 @@ fn check(plugin: &ImPlugin, me: &str, user: &str, on: bool) -> Result<(), ImErro
             format!("you block {MAX_BLOCKS} users already; unblock someone first"),
         ));
     }
-    Ok(())
+    super::send::check_change_rate(plugin, me)
 }

@@ -74,6 +74,7 @@ pub fn settings(
     async move {
         if let Some(visible) = req.presence_visible {
             plugin.extras.check_enabled()?;
+            super::send::check_change_rate(&plugin, &me)?;
             let log = plugin.store.extras_log().ok_or_else(|| {
                 ImError::new(ErrorCode::FailedPrecondition, "no settings on this store")
             })?;

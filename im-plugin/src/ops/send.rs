@@ -80,6 +80,19 @@ pub(super) fn check_rate(plugin: &ImPlugin, user: &str) -> Result<(), ImError> {
     Ok(())
 }
 
+/// The same per-user budget for the other requests that write something for others to see or
+/// keep (`recall`, `edit`, `block`, `unblock`, `settings`): an edit of a message in a small
+/// group appends an event to every member's stream, so it costs what a send costs.
+pub(super) fn check_change_rate(plugin: &ImPlugin, user: &str) -> Result<(), ImError> {
+    if !plugin.send_limit.allow(user) {
+        return Err(ImError::new(
+            ErrorCode::RateLimited,
+            "too many changes; slow down and try again",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn sent(r: SentRecord) -> reply::Result {
     reply::Result::Sent(SentReply {
         msg_id: r.msg_id,
