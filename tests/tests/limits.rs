@@ -8,45 +8,6 @@ use std::time::Duration;
 use common::{token, Broker, Device, Proto};
 use serde_json::json;
 
-#[tokio::test]
-async fn a_user_sending_too_fast_gets_rate_limited_and_nothing_extra_is_stored() {
-    let b = Broker::start_with(&[("MQIM_MAX_SENDS_PER_SEC", "2"), ("MQIM_SEND_BURST", "5")]);
-    let mut bob = Device::connect(&b, "bob", "bp").await;
-    let mut spammer = Device::connect(&b, "spammer", "sp").await;
-    let mut ids = Vec::new();
-    for i in 0..30 {
-        ids.push(
-            spammer
-                .request(
-                    json!({"send": {"to": "u:bob", "clientMsgId": format!("s{i}"), "text": "x"}}),
-                )
-                .await,
-        );
-    }
-    let (mut ok, mut limited) = (0, 0);
-    for id in &ids {
-        let r = spammer.reply(id).await;
-        if r.get("sent").is_some() {
-            ok += 1;
-        } else {
-            assert_eq!(r["error"]["code"], "RATE_LIMITED", "{r}");
-            limited += 1;
-        }
-    }
-    assert!(limited > 0, "30 sends at once exceed 2/s with bursts of 5");
-    assert!(ok > 0);
-    let (events, _) = bob.sync(0, 100).await;
-    assert_eq!(events.len(), ok, "only accepted sends are stored");
-    // Others are not affected, and the spammer's connection still works.
-    let mut alice = Device::connect(&b, "alice", "ap").await;
-    alice.send("bob", "fine", "hello").await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = spammer
-        .call(json!({"send": {"to": "u:bob", "clientMsgId": "later", "text": "x"}}))
-        .await;
-    assert!(r.get("sent").is_some(), "the limit recovers: {r}");
-}
-
 /// Sends `n` requests at once and returns how many were answered and how many rate limited
 /// (any other error fails the test).
 async fn burst(
@@ -69,6 +30,31 @@ async fn burst(
         }
     }
     (answered, limited)
+}
+
+#[tokio::test]
+async fn a_user_sending_too_fast_gets_rate_limited_and_nothing_extra_is_stored() {
+    let b = Broker::start_with(&[("MQIM_MAX_SENDS_PER_SEC", "2"), ("MQIM_SEND_BURST", "5")]);
+    let mut bob = Device::connect(&b, "bob", "bp").await;
+    let mut spammer = Device::connect(&b, "spammer", "sp").await;
+    let (ok, limited) = burst(
+        &mut spammer,
+        30,
+        |i| json!({"send": {"to": "u:bob", "clientMsgId": format!("s{i}"), "text": "x"}}),
+    )
+    .await;
+    assert!(limited > 0, "30 sends at once exceed 2/s with bursts of 5");
+    assert!(ok > 0);
+    let (events, _) = bob.sync(0, 100).await;
+    assert_eq!(events.len(), ok, "only accepted sends are stored");
+    // Others are not affected, and the spammer's connection still works.
+    let mut alice = Device::connect(&b, "alice", "ap").await;
+    alice.send("bob", "fine", "hello").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = spammer
+        .call(json!({"send": {"to": "u:bob", "clientMsgId": "later", "text": "x"}}))
+        .await;
+    assert!(r.get("sent").is_some(), "the limit recovers: {r}");
 }
 
 #[tokio::test]
@@ -115,24 +101,12 @@ async fn edits_blocks_and_settings_too_fast_are_rate_limited_like_sending() {
 async fn creating_groups_too_fast_is_rate_limited_like_sending() {
     let b = Broker::start_with(&[("MQIM_MAX_SENDS_PER_SEC", "2"), ("MQIM_SEND_BURST", "5")]);
     let mut spammer = Device::connect(&b, "spammer", "sp").await;
-    let mut ids = Vec::new();
-    for i in 0..30 {
-        ids.push(
-            spammer
-                .request(json!({"groupCreate": {"name": format!("g{i}"), "members": ["bob"]}}))
-                .await,
-        );
-    }
-    let (mut ok, mut limited) = (0, 0);
-    for id in &ids {
-        let r = spammer.reply(id).await;
-        if r.get("groupCreate").is_some() {
-            ok += 1;
-        } else {
-            assert_eq!(r["error"]["code"], "RATE_LIMITED", "{r}");
-            limited += 1;
-        }
-    }
+    let (ok, limited) = burst(
+        &mut spammer,
+        30,
+        |i| json!({"groupCreate": {"name": format!("g{i}"), "members": ["bob"]}}),
+    )
+    .await;
     assert!(limited > 0 && ok > 0, "ok {ok}, limited {limited}");
     // Only the accepted ones exist: bob is in exactly that many groups.
     let mut bob = Device::connect(&b, "bob", "bp").await;

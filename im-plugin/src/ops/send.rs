@@ -71,26 +71,25 @@ pub fn start(plugin: &Arc<ImPlugin>, link: &Arc<dyn DeviceLink>, req: SendReques
 
 /// The per-user send rate (one-to-one and group sends alike).
 pub(super) fn check_rate(plugin: &ImPlugin, user: &str) -> Result<(), ImError> {
-    if !plugin.send_limit.allow(user) {
-        return Err(ImError::new(
-            ErrorCode::RateLimited,
-            "too many messages; slow down and resend with the same clientMsgId",
-        ));
-    }
-    Ok(())
+    within_budget(
+        plugin,
+        user,
+        "too many messages; slow down and resend with the same clientMsgId",
+    )
 }
 
 /// The same per-user budget for the other requests that write something for others to see or
 /// keep (`recall`, `edit`, `block`, `unblock`, `settings`): an edit of a message in a small
 /// group appends an event to every member's stream, so it costs what a send costs.
 pub(super) fn check_change_rate(plugin: &ImPlugin, user: &str) -> Result<(), ImError> {
-    if !plugin.send_limit.allow(user) {
-        return Err(ImError::new(
-            ErrorCode::RateLimited,
-            "too many changes; slow down and try again",
-        ));
+    within_budget(plugin, user, "too many changes; slow down and try again")
+}
+
+fn within_budget(plugin: &ImPlugin, user: &str, refusal: &str) -> Result<(), ImError> {
+    match plugin.send_limit.allow(user) {
+        true => Ok(()),
+        false => Err(ImError::new(ErrorCode::RateLimited, refusal)),
     }
-    Ok(())
 }
 
 pub(super) fn sent(r: SentRecord) -> reply::Result {
