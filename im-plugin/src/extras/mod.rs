@@ -20,7 +20,7 @@ mod news_tests;
 pub mod typing;
 pub mod watch;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -63,13 +63,7 @@ impl Extras {
         let state = state.unwrap_or_default();
         Ok(Extras {
             enabled,
-            blocks: Mutex::new(
-                state
-                    .blocks
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_iter().collect()))
-                    .collect(),
-            ),
+            blocks: Mutex::new(block_map(state.blocks)),
             hidden: Mutex::new(state.hidden.into_iter().collect()),
             local_changes: AtomicU64::new(0),
             last_seen: Mutex::default(),
@@ -177,64 +171,73 @@ impl Extras {
         Ok(here.max(stored))
     }
 
-    /// Reads `user`'s blocks and setting from the store again (another node changed them). A
-    /// change made on this node while the read ran wins: the read is made again.
+    /// Reads `user`'s blocks and setting from the store again (another node changed them).
     pub(crate) async fn reload_user(&self, store: &Arc<dyn Store>, user: &str) {
         let Some(log) = store.extras_log() else {
             return;
         };
-        for _ in 0..3 {
-            let before = self.local_changes.load(Ordering::Acquire);
-            let (blocks, hidden) = match log.user_extras(user).await {
-                Ok(read) => read,
-                Err(e) => {
-                    tracing::warn!(user, error = %e, "cannot read blocks another node changed");
-                    return;
-                }
-            };
-            // Both locks before the check: a local change counts itself under its lock.
-            let (mut all, mut hiding) = (self.blocks.lock(), self.hidden.lock());
-            if self.local_changes.load(Ordering::Acquire) != before {
-                continue;
-            }
-            match blocks.is_empty() {
-                true => all.remove(user),
-                false => all.insert(user.to_string(), blocks.into_iter().collect()),
-            };
-            match hidden {
-                true => hiding.insert(user.to_string()),
-                false => hiding.remove(user),
-            };
-            return;
-        }
+        self.reload(
+            || log.user_extras(user),
+            |(blocks, hidden), all, hiding| {
+                match blocks.is_empty() {
+                    true => all.remove(user),
+                    false => all.insert(user.to_string(), blocks.into_iter().collect()),
+                };
+                match hidden {
+                    true => hiding.insert(user.to_string()),
+                    false => hiding.remove(user),
+                };
+            },
+        )
+        .await;
     }
 
     /// Reads every block and setting from the store again (news from other nodes may have been
-    /// missed). As for [`Extras::reload_user`], a change made here meanwhile wins.
+    /// missed).
     pub(crate) async fn reload_all(&self, store: &Arc<dyn Store>) {
         let Some(log) = store.extras_log() else {
             return;
         };
+        self.reload(
+            || log.load_extras(),
+            |state, all, hiding| {
+                *all = block_map(state.blocks);
+                *hiding = state.hidden.into_iter().collect();
+            },
+        )
+        .await;
+    }
+
+    /// Reads with `read` and applies what it read with `apply`, unless a change was made on this
+    /// node meanwhile: then the read is made again (a change here wins over an older read).
+    async fn reload<T, F>(
+        &self,
+        read: impl Fn() -> F,
+        apply: impl Fn(T, &mut HashMap<String, HashSet<String>>, &mut HashSet<String>),
+    ) where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         for _ in 0..3 {
             let before = self.local_changes.load(Ordering::Acquire);
-            let state = match log.load_extras().await {
-                Ok(state) => state,
+            let read = match read().await {
+                Ok(read) => read,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reload the blocks and settings");
-                    return;
+                    return tracing::warn!(error = %e, "cannot read blocks and settings again");
                 }
             };
+            // Both locks before the check: a local change counts itself under its lock.
             let (mut all, mut hiding) = (self.blocks.lock(), self.hidden.lock());
-            if self.local_changes.load(Ordering::Acquire) != before {
-                continue;
+            if self.local_changes.load(Ordering::Acquire) == before {
+                return apply(read, &mut all, &mut hiding);
             }
-            *all = state
-                .blocks
-                .into_iter()
-                .map(|(k, v)| (k, v.into_iter().collect()))
-                .collect();
-            *hiding = state.hidden.into_iter().collect();
-            return;
         }
     }
+}
+
+/// The store's block lists as the send path looks them up.
+fn block_map(blocks: BTreeMap<String, BTreeSet<String>>) -> HashMap<String, HashSet<String>> {
+    blocks
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect()
 }
